@@ -1,0 +1,3 @@
+from edgelearn.cli import app
+
+app(prog_name="edgelearn")

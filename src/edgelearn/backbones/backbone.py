@@ -1,0 +1,141 @@
+"""Module A: a frozen pretrained CNN that turns images into feature vectors."""
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.transforms import v2 as T
+
+from edgelearn.backbones.padding import use_tf_same_padding
+from edgelearn.backbones.registry import make_model, seeded, strip_head
+from edgelearn.backbones.weights import WeightsSource, load_into, resolve_weights
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the short side to ``resize_size``, centre-crop ``input_size``, normalise (torchvision eval)."""
+
+    input_size: int = 224
+    resize_size: int = 256  # torchvision's 256/224 ratio, kept at other input sizes
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def transform(self) -> T.Compose:
+        return T.Compose([
+            T.ToImage(),
+            T.Resize(self.resize_size, antialias=True),
+            T.CenterCrop(self.input_size),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(self.mean, self.std),
+        ])
+
+
+class Backbone:
+    """A frozen feature extractor with its preprocessing and a fingerprint of both.
+
+    Build one with :func:`build_backbone`. ``embed`` maps RGB images to ``(n, feature_dim)``
+    float32 features; it never trains.
+    """
+
+    def __init__(self, name: str, model: nn.Module, preprocessing: Preprocessing,
+                 weights: WeightsSource, padding: str):
+        self.name = name
+        # channels-last runs MobileNet-style depthwise convs ~1.5x faster on x86 CPUs (measured)
+        self.model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+        self.preprocessing = preprocessing
+        self.weights = weights
+        self.padding = padding
+        self._transform = preprocessing.transform()
+        with torch.inference_mode():
+            probe = torch.zeros(1, 3, preprocessing.input_size, preprocessing.input_size)
+            self.feature_dim = int(self.model(probe).flatten(1).shape[1])
+
+    def transform(self, image: Image.Image) -> torch.Tensor:
+        """One RGB PIL image -> a normalised ``(3, input_size, input_size)`` tensor."""
+        return self._transform(image)
+
+    def embed_tensor(self, batch: torch.Tensor) -> torch.Tensor:
+        """Preprocessed ``(n, 3, s, s)`` tensor -> ``(n, feature_dim)`` features (keeps autograd if on)."""
+        return self.model(batch.to(memory_format=torch.channels_last)).flatten(1)
+
+    def embed(self, images: Iterable[Image.Image], *, batch_size: int = 32) -> np.ndarray:
+        """RGB PIL images -> ``(n, feature_dim)`` float32 array, in batches."""
+        out, batch = [], []
+        with torch.inference_mode():
+            for image in images:
+                batch.append(self.transform(image))
+                if len(batch) == batch_size:
+                    out.append(self.embed_tensor(torch.stack(batch)).numpy())
+                    batch = []
+            if batch:
+                out.append(self.embed_tensor(torch.stack(batch)).numpy())
+        if not out:
+            return np.zeros((0, self.feature_dim), np.float32)
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+    @property
+    def fingerprint(self) -> dict:
+        """What must be equal for two feature vectors to be comparable (JSON-normalised)."""
+        return json.loads(json.dumps({
+            "name": self.name,
+            "weights": self.weights.ident,
+            "padding": self.padding,
+            "feature_dim": self.feature_dim,
+            **asdict(self.preprocessing),
+        }))
+
+    @property
+    def fingerprint_id(self) -> str:
+        """A short stable hash of :attr:`fingerprint` (for cache keys and file names)."""
+        blob = json.dumps(self.fingerprint, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return (f"Backbone({self.name!r}, weights={self.weights.ident[:24]!r}, "
+                f"input_size={self.preprocessing.input_size}, feature_dim={self.feature_dim})")
+
+
+def build_backbone(name: str = "mobilenet_v2", *, weights: str | os.PathLike | None = None,
+                   input_size: int | None = None, seed: int = 0) -> Backbone:
+    """Build a frozen feature extractor.
+
+    Parameters
+    ----------
+    name : a torchvision classification model name (``mobilenet_v2``, ``resnet18``, …) or a
+        registered backbone (``tiny``: a small random CNN for tests).
+    weights : a local state-dict file, ``"download"`` (torchvision's own, needs the network),
+        ``"random"`` (seeded random init, for tests), or ``None``: ``$EDGELEARN_WEIGHTS`` if set,
+        else ``"download"``. A sidecar ``<file>.json`` sets padding and preprocessing.
+    input_size : the square crop fed to the network (224 standard; the DICLA paper used 96).
+    seed : seed of the random init (recorded in the fingerprint).
+
+    Examples
+    --------
+    >>> bb = build_backbone("tiny", weights="random", input_size=32)
+    >>> from PIL import Image
+    >>> bb.embed([Image.new("RGB", (40, 30))]).shape
+    (1, 32)
+    """
+    source = resolve_weights(name, weights, seed=seed)
+    model = seeded(lambda: make_model(name), seed)
+    load_into(model, source, name)
+    strip_head(model)
+    meta = source.meta
+    padding = meta.get("padding", "symmetric")
+    mean = tuple(meta.get("normalize_mean", IMAGENET_MEAN))
+    std = tuple(meta.get("normalize_std", IMAGENET_STD))
+    if padding == "tf_same":
+        use_tf_same_padding(model, mean=mean, std=std)
+    native = int(meta.get("input_size", 32 if name == "tiny" else 224))
+    size = int(input_size or native)
+    resize = round(size * meta.get("resize_size", 256) / meta.get("input_size", 224))
+    return Backbone(name, model, Preprocessing(size, resize, mean, std), source, padding)

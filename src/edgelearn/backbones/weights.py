@@ -1,0 +1,108 @@
+"""Where backbone weights come from: a local file (+ JSON sidecar), torchvision's download, or random.
+
+A local weights file may have a sidecar ``<file>.json`` (see ``shared/models``) recording its
+architecture, padding mode, preprocessing and sha256; we honour all of it. Any local file is
+identified everywhere by its sha256, so two sites agree on features only if they hold the same bytes.
+"""
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgelearn.errors import WeightsError
+
+WEIGHTS_ENV = "EDGELEARN_WEIGHTS"
+RANDOM = "random"
+DOWNLOAD = "download"
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Resolved weights: what to load and how to identify it in fingerprints."""
+
+    kind: str  # "file" | "download" | "random"
+    ident: str  # sha256 of the file, torchvision weights name, or "random:seed=N"
+    path: Path | None = None
+    meta: dict = field(default_factory=dict)  # sidecar content (architecture, padding, preprocessing)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_weights(name: str, weights: str | os.PathLike | None, *, seed: int = 0) -> WeightsSource:
+    """Turn the user's ``weights`` choice into a :class:`WeightsSource`.
+
+    ``None`` means: the file named by ``$EDGELEARN_WEIGHTS`` if set, else torchvision's download.
+    """
+    if weights is None:
+        weights = os.environ.get(WEIGHTS_ENV) or DOWNLOAD
+    weights = str(weights)
+    if weights == RANDOM:
+        return WeightsSource("random", f"random:seed={seed}")
+    if weights == DOWNLOAD:
+        return WeightsSource("download", f"torchvision:{name}:DEFAULT")
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path} (give an existing state-dict file, "
+                           f"'{RANDOM}' or '{DOWNLOAD}')")
+    meta = _read_sidecar(path)
+    arch = meta.get("architecture", "")
+    if arch and arch.rsplit(".", 1)[-1] != name:
+        raise WeightsError(f"weights file {path} is for {arch}, not for backbone {name!r}")
+    digest = sha256_file(path)
+    if meta.get("sha256") and meta["sha256"] != digest:
+        raise WeightsError(f"weights file {path} has sha256 {digest[:12]}…, its sidecar says "
+                           f"{meta['sha256'][:12]}…: the file is damaged or not the one described")
+    return WeightsSource("file", digest, path, meta)
+
+
+def _read_sidecar(path: Path) -> dict:
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        return {}
+    try:
+        return json.loads(sidecar.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"weights sidecar {sidecar} is not valid JSON: {exc}") from exc
+
+
+def load_into(model: nn.Module, source: WeightsSource, name: str) -> None:
+    """Fill ``model`` (a torchvision classifier, head still on) with the weights of ``source``."""
+    if source.kind == "random":
+        return  # the builder already initialised it from the seed
+    if source.kind == "file":
+        try:
+            state = torch.load(source.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a bad file
+            raise WeightsError(f"cannot read weights file {source.path}: {exc}") from exc
+    else:
+        state = _download(name)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as exc:
+        raise WeightsError(f"weights do not fit backbone {name!r}: {str(exc).splitlines()[0]}") from exc
+
+
+def _download(name: str) -> dict:
+    import torchvision
+
+    try:
+        enum = torchvision.models.get_model_weights(name).DEFAULT
+        return enum.get_state_dict(progress=False)
+    except Exception as exc:
+        raise WeightsError(
+            f"could not download torchvision weights for {name!r} ({type(exc).__name__}); "
+            f"give a local state-dict file with --weights PATH or ${WEIGHTS_ENV}"
+        ) from exc

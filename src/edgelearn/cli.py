@@ -1,0 +1,215 @@
+"""`edgelearn` command line: learn, predict, evaluate, consolidate, info, demo.
+
+Every reporting command takes ``--json`` (one JSON object on stdout, progress on stderr).
+Exit codes: 0 success, 1 a user error (one line on stderr), 2 a usage error (Typer's own).
+"""
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgelearn.backbones import WEIGHTS_ENV
+from edgelearn.data import FeatureCache, FolderDataset
+from edgelearn.errors import EdgelearnError
+from edgelearn.evaluation import CONSOLIDATION, evaluate_features, learn_stream
+from edgelearn.recognizer import Recognizer
+
+app = typer.Typer(help="Image recognition that keeps learning on the edge.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+DEMO_DATA = Path("../shared/data/imagenette")
+DEMO_WEIGHTS = Path("../shared/models/mobilenet_v2_imagenet.pt")
+
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+Weights = Annotated[str | None, typer.Option(
+    envvar=WEIGHTS_ENV, help="Backbone weights: a state-dict file, 'download' or 'random'.")]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the feature cache.")]
+
+
+def user_errors(command):
+    """Print a user's mistake as one line on stderr and exit 1, without a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (EdgelearnError, ValueError, OSError) as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def emit(result: dict, as_json: bool, table: Table | None = None) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    elif table is not None:
+        out.print(table)
+
+
+def _embed(rec: Recognizer, ds: FolderDataset, no_cache: bool):
+    cache = None if no_cache else FeatureCache(rec.backbone.fingerprint_id)
+    return rec.embed_files(ds.paths, cache=cache, progress=err.is_terminal)
+
+
+def _learn(dataset: Path, learner: str, steps: int, per_class: int | None, seed: int, consolidation: str,
+           backbone: str, weights: str | None, input_size: int | None, no_cache: bool) -> dict:
+    if consolidation not in CONSOLIDATION:
+        raise ValueError(f"--consolidation must be one of {', '.join(CONSOLIDATION)}, got {consolidation!r}")
+    train, test = FolderDataset.splits(dataset)
+    train = train.sample_per_class(per_class, seed)
+    rec = Recognizer.create(backbone, learner=learner, weights=weights, input_size=input_size)
+    err.print(f"learning {len(train)} images of {len(train.classes)} classes in {steps} step(s) "
+              f"with {rec.learner.kind} on {rec.backbone!r}")
+    X = _embed(rec, train, no_cache)
+    test_data = (_embed(rec, test, no_cache), test.labels) if test is not None else None
+    history = learn_stream(rec, X, train.labels, n_steps=steps, seed=seed, consolidation=consolidation,
+                           test=test_data)
+    result = {"history": history, "info": rec.info()}
+    if test_data is not None:
+        result["evaluation"] = evaluate_features(rec, *test_data)
+    return {"recognizer": rec, **result}
+
+
+def _steps_table(history: list[dict], evaluation: dict | None) -> Table:
+    table = Table("step", "classes", "representations", "learner bytes", "accuracy (seen classes)")
+    for h in history:
+        acc = f"{h['accuracy_seen']:.1%}" if "accuracy_seen" in h else "-"
+        table.add_row(str(h["step"]), str(h["classes"]), str(h["representations"]), f"{h['learner_bytes']:,}", acc)
+    if evaluation:
+        table.caption = f"final: top-1 {evaluation['accuracy']:.2%}, top-5 {evaluation['top5']:.2%}, " \
+                        f"n={evaluation['n']}"
+    return table
+
+
+@app.command()
+@user_errors
+def learn(
+    dataset: Annotated[Path, typer.Argument(help="Folder: <class>/<sub...>/*.jpg, or with train/ and test/.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to save the model.")] = Path("model.edge"),
+    learner: Annotated[str, typer.Option(help="fuzzy-artmap, slda or ncm.")] = "slda",
+    steps: Annotated[int, typer.Option(help="Class-incremental steps.")] = 1,
+    per_class: Annotated[int | None, typer.Option(help="Train images per class (seeded draw).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of class order, shuffling and sub-sampling.")] = 0,
+    consolidation: Annotated[str, typer.Option(help="none, after_each_step or final.")] = "none",
+    backbone: Annotated[str, typer.Option(help="torchvision model name.")] = "mobilenet_v2",
+    weights: Weights = None,
+    input_size: Annotated[int | None, typer.Option(help="Square input size (224 standard, 96 paper).")] = None,
+    no_cache: NoCache = False,
+    as_json: Json = False,
+):
+    """Learn the classes of a folder data set as a class-incremental stream and save the model."""
+    result = _learn(dataset, learner, steps, per_class, seed, consolidation, backbone, weights, input_size,
+                    no_cache)
+    result.pop("recognizer").save(output)
+    err.print(f"saved {output}")
+    emit({**result, "model": str(output)}, as_json, _steps_table(result["history"], result.get("evaluation")))
+
+
+@app.command()
+@user_errors
+def predict(
+    model: Annotated[Path, typer.Argument(help="A saved model (.edge).")],
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    top_k: Annotated[int, typer.Option(help="How many classes to show per image.")] = 5,
+    level: Annotated[int | None, typer.Option(help="Roll labels up to this concept level.")] = None,
+    weights: Weights = None,
+    as_json: Json = False,
+):
+    """Classify images: label, confidence and the next-best classes."""
+    rec = Recognizer.load(model, weights=weights)
+    predictions = rec.predict(images, top_k=top_k, level=level)
+    rows = [{"image": str(p), **pred.to_dict()} for p, pred in zip(images, predictions, strict=True)]
+    table = Table("image", "label", "confidence", "next best")
+    for r in rows:
+        nxt = ", ".join(f"{a['label']} {a['confidence']:.0%}" for a in r["alternatives"])
+        table.add_row(r["image"], r["label"] or "unknown", f"{r['confidence']:.1%}", nxt)
+    emit({"predictions": rows}, as_json, table)
+
+
+@app.command()
+@user_errors
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="A saved model (.edge).")],
+    dataset: Annotated[Path, typer.Argument(help="Folder data set (its test/ split when there is one).")],
+    level: Annotated[int | None, typer.Option(help="Evaluate at this concept level.")] = None,
+    weights: Weights = None,
+    no_cache: NoCache = False,
+    as_json: Json = False,
+):
+    """Top-1, top-5 and per-class accuracy on a labelled folder."""
+    rec = Recognizer.load(model, weights=weights)
+    train, test = FolderDataset.splits(dataset)
+    ds = test or train
+    result = evaluate_features(rec, _embed(rec, ds, no_cache), ds.labels, level=level)
+    table = Table("class", "n", "top-1", "top-5")
+    for c, r in result["per_class"].items():
+        table.add_row(c, str(r["n"]), f"{r['accuracy']:.1%}", f"{r['top5']:.1%}")
+    table.caption = f"all: top-1 {result['accuracy']:.2%}, top-5 {result['top5']:.2%}, n={result['n']}"
+    emit(result, as_json, table)
+
+
+@app.command()
+@user_errors
+def consolidate(
+    model: Annotated[Path, typer.Argument(help="A saved model (.edge).")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Default: overwrite MODEL.")] = None,
+    strategy: Annotated[str, typer.Option(help="Fuzzy ARTMAP: union or mean.")] = "union",
+    max_per_class: Annotated[int, typer.Option(help="Representations kept per class.")] = 1,
+    as_json: Json = False,
+):
+    """Shrink a model's fast memory (Fuzzy ARTMAP: fold representations per class)."""
+    rec = Recognizer.load(model, with_backbone=False)
+    before = rec.learner.nbytes
+    kwargs = {"strategy": strategy, "max_per_class": max_per_class} if rec.learner.kind == "fuzzy_artmap" else {}
+    rec.consolidate(**kwargs).save(output or model)
+    result = {"bytes_before": before, "bytes_after": rec.learner.nbytes, "model": str(output or model)}
+    if not as_json:
+        out.print(f"{result['model']}: learner memory {before:,} -> {rec.learner.nbytes:,} bytes")
+    emit(result, as_json)
+
+
+@app.command()
+@user_errors
+def info(
+    model: Annotated[Path, typer.Argument(help="A saved model (.edge).")],
+    as_json: Json = False,
+):
+    """What a model knows: learner, classes, memory, backbone fingerprint."""
+    result = Recognizer.load(model, with_backbone=False).info()
+    table = Table("field", "value")
+    for key in ("learner", "n_classes", "representations", "learner_bytes", "examples_seen"):
+        table.add_row(key, str(result[key]))
+    table.add_row("backbone", json.dumps(result["backbone"]))
+    table.add_row("classes", ", ".join(result["classes"]))
+    emit(result, as_json, table)
+
+
+@app.command()
+@user_errors
+def demo(
+    dataset: Annotated[Path, typer.Argument(help="Folder data set with train/ and test/.")] = DEMO_DATA,
+    learner: Annotated[str, typer.Option(help="fuzzy-artmap, slda or ncm.")] = "slda",
+    steps: Annotated[int, typer.Option(help="Class-incremental steps.")] = 10,
+    weights: Weights = None,
+    output: Annotated[Path, typer.Option("-o", "--output")] = Path("demo.edge"),
+    as_json: Json = False,
+):
+    """The main job on an embedded default: learn imagenette class by class, evaluate, save."""
+    if weights is None and DEMO_WEIGHTS.is_file():
+        weights = str(DEMO_WEIGHTS)
+    if not dataset.is_dir():
+        raise ValueError(f"demo data set not found at {dataset}; give a folder data set as argument")
+    result = _learn(dataset, learner, steps, 100, 0, "none", "mobilenet_v2", weights, None, False)
+    result.pop("recognizer").save(output)
+    err.print(f"saved {output}")
+    emit({**result, "model": str(output)}, as_json, _steps_table(result["history"], result.get("evaluation")))
+

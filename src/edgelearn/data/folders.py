@@ -1,0 +1,92 @@
+"""Folder data sets: labels from folder names, nested folders = a concept hierarchy.
+
+Layout: ``root/<class>/<sub...>/*.jpg``; an image's label is the path of its folder relative to
+the split root (``car/interior/steering_wheel``). A root with ``train/`` and ``test/`` holds splits.
+"""
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgelearn.data.images import IMAGE_SUFFIXES
+from edgelearn.errors import DatasetError
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class FolderDataset:
+    """The image files of one split and their concept-path labels (sorted, deterministic).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for p in ["car/wheel/a.png", "car/seat/b.jpg", "bike/c.jpg"]:
+    ...     (root / p).parent.mkdir(parents=True, exist_ok=True); _ = (root / p).write_bytes(b"")
+    >>> ds = FolderDataset.scan(root)
+    >>> ds.labels
+    ('bike', 'car/seat', 'car/wheel')
+    >>> ds.classes
+    ['bike', 'car/seat', 'car/wheel']
+    """
+
+    root: Path
+    paths: tuple[Path, ...]
+    labels: tuple[str, ...]
+
+    @classmethod
+    def scan(cls, root: str | Path, split: str | None = None) -> "FolderDataset":
+        """Read ``root`` (or ``root/split`` when given and present) into a data set."""
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise DatasetError(f"data set folder not found: {root}")
+        if split is not None:
+            if not (root / split).is_dir():
+                raise DatasetError(f"{root} has no {split}/ folder")
+            root = root / split
+        paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        paths = [p for p in paths if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+        labels = [p.parent.relative_to(root).as_posix() for p in paths]
+        if not paths:
+            raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {root}")
+        if "." in labels:
+            raise DatasetError(f"{root} has images directly inside it; put each class in its own folder")
+        return cls(root, tuple(paths), tuple(labels))
+
+    @staticmethod
+    def splits(root: str | Path) -> tuple["FolderDataset", "FolderDataset | None"]:
+        """``(train, test)`` of a root with ``train/`` and ``test/``; else ``(all, None)``."""
+        root = Path(root).expanduser()
+        if (root / "train").is_dir():
+            test = FolderDataset.scan(root, "test") if (root / "test").is_dir() else None
+            return FolderDataset.scan(root, "train"), test
+        return FolderDataset.scan(root), None
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted(set(self.labels))
+
+    def counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(self.labels).items()))
+
+    def subset(self, indices) -> "FolderDataset":
+        return FolderDataset(self.root, tuple(self.paths[i] for i in indices),
+                             tuple(self.labels[i] for i in indices))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def sample_per_class(self, k: int | None, seed: int = 0) -> "FolderDataset":
+        """At most ``k`` images per class, drawn with ``seed`` (all when ``k`` is None)."""
+        if k is None:
+            return self
+        rng = np.random.default_rng(seed)
+        labels = np.array(self.labels)
+        chosen = []
+        for c in self.classes:
+            members = np.flatnonzero(labels == c)
+            chosen.extend(rng.choice(members, min(k, len(members)), replace=False))
+        return self.subset(sorted(chosen))

@@ -1,0 +1,33 @@
+"""The project's own exception types: every error a user can cause is one of these.
+
+The CLI prints their message on one line and exits with status 1; library users catch
+:class:`EdgelearnError` to tell their own mistakes from bugs.
+"""
+
+
+class EdgelearnError(Exception):
+    """Base class of every error a user can cause (bad input, bad path, bad parameter)."""
+
+
+class ImageError(EdgelearnError, ValueError):
+    """An image could not be read: missing, corrupt, truncated, not an image, or too large."""
+
+
+class DatasetError(EdgelearnError, ValueError):
+    """A data set folder is missing, empty, or laid out in a way we cannot read."""
+
+
+class IncompatibleError(EdgelearnError, ValueError):
+    """Saved knowledge does not fit: another backbone, feature width, learner kind or format."""
+
+
+class ModelFileError(EdgelearnError, ValueError):
+    """A model file is missing, truncated, malformed or of an unknown format version."""
+
+
+class WeightsError(EdgelearnError, RuntimeError):
+    """Backbone weights could not be found, downloaded or loaded."""
+
+
+class NotFittedError(EdgelearnError, ValueError):
+    """A learner was asked to predict before it learned anything."""

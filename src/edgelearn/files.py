@@ -1,0 +1,66 @@
+"""One-file containers: a JSON manifest + named arrays in safetensors (no pickle), written atomically."""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from edgelearn.errors import ModelFileError
+
+MANIFEST_KEY = "edgelearn"
+MAX_FILE_BYTES = 2 * 2**30
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` so that ``path`` holds either the old or the new content, never a mix.
+
+    Temp file in the same folder, fsync, rename over the target, fsync the folder.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_container(path: str | os.PathLike, manifest: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Save ``manifest`` (JSON-able) and ``arrays`` as one safetensors file, atomically."""
+    tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    atomic_write_bytes(path, st_save(tensors, metadata={MANIFEST_KEY: json.dumps(manifest)}))
+
+
+def read_container(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
+    """Read a file written by :func:`write_container`; any damage raises :class:`ModelFileError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such file")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise ModelFileError(f"{path}: larger than {MAX_FILE_BYTES // 2**30} GiB, refusing to read it")
+    data = path.read_bytes()
+    try:
+        arrays = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + header_len])
+        manifest = json.loads(header["__metadata__"][MANIFEST_KEY])
+    except (SafetensorError, ValueError, KeyError, TypeError) as exc:
+        raise ModelFileError(f"{path}: not an edgelearn file, or truncated/damaged ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise ModelFileError(f"{path}: malformed manifest")
+    return manifest, arrays

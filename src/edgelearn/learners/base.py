@@ -1,0 +1,180 @@
+"""The Learner protocol (module B): incremental classifiers over feature vectors, numpy only.
+
+Conventions follow scikit-learn (hyper-parameters in ``__init__``, learned state ends in ``_``)
+and river (one batch of the stream at a time; new labels may appear at any time).
+Labels are ``str`` or ``int`` so that state dicts stay JSON-able.
+"""
+
+import inspect
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgelearn.errors import IncompatibleError, NotFittedError
+
+Label = str | int
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def chan_update(n_a, mean_a, n_b, mean_b):
+    """Combine two (count, mean) summaries (Chan et al.): returns ``(n, mean, delta, weight)``.
+
+    The combined scatter is ``M2_a + M2_b + weight * delta**2`` (or ``outer(delta, delta)``):
+    the same formula serves streaming updates and exact merges.
+    """
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (n_b / np.maximum(n, 1))[..., None]
+    weight = n_a * n_b / np.maximum(n, 1)
+    return n, mean, delta, weight
+
+
+class Learner:
+    """Base class: label bookkeeping, input checks, proba, prediction with an unknown threshold.
+
+    Subclasses implement ``_learn(X, idx)`` (``idx`` are class indices, ``classes_`` already grown),
+    ``_scores(X)``, ``_merge_one(other, index_map)`` and list their learned arrays in ``_arrays``.
+    """
+
+    kind: ClassVar[str] = ""
+    _arrays: ClassVar[tuple[str, ...]] = ()
+
+    # -- hyper-parameters ---------------------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    # -- the stream ---------------------------------------------------------------------------------
+    def partial_fit(self, X, y) -> "Learner":
+        """Learn a batch of the stream, in order; unseen labels become new classes. Returns self."""
+        X = self._check_X(X, fitting=True)
+        y = list(np.asarray(y, dtype=object).ravel())
+        if len(y) != len(X):
+            raise ValueError(f"X has {len(X)} rows but y has {len(y)} labels")
+        if len(y):
+            self._learn(X, self._encode(y))
+        return self
+
+    def predict_scores(self, X) -> np.ndarray:
+        """Per-class evidence, ``(n, n_classes)``, higher = more likely; columns follow ``classes_``."""
+        return self._scores(self._check_X(X))
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities ``(n, n_classes)``, each row sums to 1."""
+        return softmax(self._logits(self._check_X(X)))
+
+    def predict(self, X) -> np.ndarray:
+        """Most likely label per row; ``unknown_label`` where the top probability is below
+        ``unknown_threshold`` (when that is set)."""
+        proba = self.predict_proba(X)
+        labels = np.asarray(self.classes_, dtype=object)[proba.argmax(axis=1)]
+        if self.unknown_threshold is not None:
+            labels[proba.max(axis=1) < self.unknown_threshold] = self.unknown_label
+        return labels
+
+    def consolidate(self, strategy: str = "final", **kwargs) -> "Learner":
+        """Shrink memory. Learners with one summary per class have nothing to shrink."""
+        return self
+
+    # -- merging ------------------------------------------------------------------------------------
+    def merge(self, *others: "Learner") -> "Learner":
+        """Absorb other learners of the same kind and feature space (in place; returns self)."""
+        for other in others:
+            self._check_compatible(other)
+            if not hasattr(other, "classes_"):
+                continue
+            if not hasattr(self, "classes_"):
+                self.load_state_dict(other.state_dict())
+                continue
+            self._merge_one(other, self._encode(list(other.classes_)))
+            self._invalidate()
+        return self
+
+    def _check_compatible(self, other: "Learner") -> None:
+        if type(other) is not type(self):
+            raise IncompatibleError(f"cannot merge a {other.kind} learner into a {self.kind} learner")
+        if hasattr(self, "n_features_in_") and hasattr(other, "n_features_in_") \
+                and other.n_features_in_ != self.n_features_in_:
+            raise IncompatibleError(f"cannot merge {other.n_features_in_}-d features into "
+                                    f"{self.n_features_in_}-d ones (different backbones?)")
+
+    # -- state --------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Plain arrays + JSON-able hyper-parameters and labels."""
+        state = {"kind": self.kind, "params": self.get_params()}
+        if hasattr(self, "classes_"):
+            state["classes"] = list(self.classes_)
+            state["n_features"] = self.n_features_in_
+            state["arrays"] = {name: getattr(self, name) for name in self._arrays}
+        return state
+
+    def load_state_dict(self, state: dict) -> "Learner":
+        if state.get("kind") != self.kind:
+            raise IncompatibleError(f"state is for a {state.get('kind')!r} learner, not {self.kind!r}")
+        for key, value in state["params"].items():
+            setattr(self, key, value)
+        if "classes" in state:
+            self.classes_ = list(state["classes"])
+            self.n_features_in_ = int(state["n_features"])
+            for name in self._arrays:
+                setattr(self, name, np.array(state["arrays"][name]))
+        self._invalidate()
+        return self
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of learned state (the arrays a package would carry)."""
+        if not hasattr(self, "classes_"):
+            return 0
+        return int(sum(getattr(self, name).nbytes for name in self._arrays))
+
+    # -- helpers for subclasses ---------------------------------------------------------------------
+    def _check_X(self, X, fitting: bool = False) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2:
+            raise ValueError(f"expected a 2-d array of feature vectors, got shape {X.shape}")
+        if not np.isfinite(X).all():
+            raise ValueError("features contain NaN or infinity")
+        if not hasattr(self, "classes_"):
+            if not fitting:
+                raise NotFittedError(f"this {type(self).__name__} has learned nothing yet")
+            self.n_features_in_ = X.shape[1]
+        elif X.shape[1] != self.n_features_in_:
+            raise ValueError(f"expected {self.n_features_in_} features per row, got {X.shape[1]}")
+        return X
+
+    def _encode(self, labels: list) -> np.ndarray:
+        """Labels -> class indices, appending unseen labels to ``classes_`` (and growing arrays)."""
+        if not hasattr(self, "classes_"):
+            self.classes_ = []
+        index = {c: i for i, c in enumerate(self.classes_)}
+        before = len(self.classes_)
+        out = np.empty(len(labels), dtype=np.intp)
+        for i, label in enumerate(labels):
+            label = label.item() if isinstance(label, np.generic) else label
+            if not isinstance(label, (str, int)):
+                raise ValueError(f"labels must be str or int, got {type(label).__name__}")
+            if label not in index:
+                index[label] = len(self.classes_)
+                self.classes_.append(label)
+            out[i] = index[label]
+        self._grow(before)
+        return out
+
+    def _grow(self, before: int) -> None:
+        """Called after ``classes_`` grew from ``before`` entries: extend per-class arrays."""
+
+    def _invalidate(self) -> None:
+        """Called after the learned state changed outside ``_learn`` (load, merge): drop caches."""
+
+    def _logits(self, X: np.ndarray) -> np.ndarray:
+        return self._scores(X)

@@ -1,0 +1,89 @@
+"""Nearest class mean: one running mean per class; exact streaming updates and exact merges."""
+
+import numpy as np
+
+from edgelearn.learners.base import Learner, chan_update
+
+METRICS = ("euclidean", "cosine")
+
+
+class NearestClassMean(Learner):
+    """Classify by the nearest class mean (Euclidean or cosine).
+
+    Parameters
+    ----------
+    metric : ``"cosine"`` (features L2-normalised before averaging; 5 points better than Euclidean
+        on MobileNetV2 features at 96 px, measured) or ``"euclidean"``.
+    temperature : softmax temperature for ``predict_proba``. ``None``: Euclidean uses the pooled
+        per-dimension within-class variance (an isotropic Gaussian model); cosine uses 0.05.
+    unknown_threshold, unknown_label : ``predict`` answers ``unknown_label`` below this top probability.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ncm = NearestClassMean().partial_fit([[1, 0], [0.9, 0.2], [0.1, 1]], ["a", "a", "b"])
+    >>> ncm.predict([[1, 0.1], [0.2, 1]]).tolist()
+    ['a', 'b']
+    """
+
+    kind = "ncm"
+    _arrays = ("counts_", "means_", "m2_")
+
+    def __init__(self, metric: str = "cosine", *, temperature: float | None = None,
+                 unknown_threshold: float | None = None, unknown_label: str | None = None):
+        self.metric = metric
+        self.temperature = temperature
+        self.unknown_threshold = unknown_threshold
+        self.unknown_label = unknown_label
+
+    def _prepare(self, X: np.ndarray) -> np.ndarray:
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if self.metric == "cosine":
+            return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        return X
+
+    def _grow(self, before: int) -> None:
+        new = len(self.classes_) - before
+        if before == 0:
+            self.counts_ = np.zeros(0)
+            self.means_ = np.zeros((0, self.n_features_in_))
+            self.m2_ = np.zeros(0)
+        self.counts_ = np.concatenate([self.counts_, np.zeros(new)])
+        self.means_ = np.vstack([self.means_, np.zeros((new, self.n_features_in_))])
+        self.m2_ = np.concatenate([self.m2_, np.zeros(new)])
+
+    def _learn(self, X: np.ndarray, idx: np.ndarray) -> None:
+        X = self._prepare(X)
+        for c in np.unique(idx):
+            Xc = X[idx == c]
+            mean_b = Xc.mean(axis=0)
+            m2_b = ((Xc - mean_b) ** 2).sum()
+            self._combine(c, len(Xc), mean_b, m2_b)
+
+    def _combine(self, c: int, n_b: float, mean_b: np.ndarray, m2_b: float) -> None:
+        n, mean, delta, weight = chan_update(self.counts_[c], self.means_[c], n_b, mean_b)
+        self.m2_[c] += m2_b + weight * (delta**2).sum()
+        self.counts_[c], self.means_[c] = n, mean
+
+    def _merge_one(self, other: "NearestClassMean", index_map: np.ndarray) -> None:
+        for j, c in enumerate(index_map):
+            self._combine(c, other.counts_[j], other.means_[j], other.m2_[j])
+
+    def _scores(self, X: np.ndarray) -> np.ndarray:
+        X = self._prepare(X)
+        if self.metric == "cosine":
+            means = self.means_ / np.maximum(np.linalg.norm(self.means_, axis=1, keepdims=True), 1e-12)
+            return X @ means.T
+        # -||x - m||^2 without forming the (n, C, D) difference tensor
+        return 2 * X @ self.means_.T - (self.means_**2).sum(1) - (X**2).sum(1, keepdims=True)
+
+    def _logits(self, X: np.ndarray) -> np.ndarray:
+        scores = self._scores(X)
+        if self.temperature is not None:
+            return scores / self.temperature
+        if self.metric == "cosine":
+            return scores / 0.05
+        dof = max(self.counts_.sum() - len(self.classes_), 1) * self.n_features_in_
+        variance = self.m2_.sum() / dof if self.m2_.sum() > 0 else 1.0
+        return scores / (2 * variance)

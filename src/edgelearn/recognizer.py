@@ -1,0 +1,278 @@
+"""The Recognizer: backbone (slow memory) + learner (fast memory) + label registry.
+
+What users hold, save, load and share. Labels are concept paths (``car/interior/steering_wheel``);
+predictions can be rolled up to any level of that hierarchy. No training image is ever stored.
+"""
+
+import datetime as dt
+import hashlib
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from rich.progress import track
+
+from edgelearn.backbones import Backbone, build_backbone
+from edgelearn.data.cache import FeatureCache
+from edgelearn.data.images import load_image, to_rgb
+from edgelearn.errors import IncompatibleError, ModelFileError
+from edgelearn.files import read_container, write_container
+from edgelearn.learners import Learner, learner_from_state, make_learner
+
+FORMAT = "edgelearn.recognizer"
+FORMAT_VERSION = 1
+ImageLike = Image.Image | str | os.PathLike | bytes
+
+
+@dataclass
+class Prediction:
+    """One decision: the label (``None`` = unknown), its probability, and the next-best classes."""
+
+    label: str | None
+    confidence: float
+    alternatives: list[tuple[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["alternatives"] = [{"label": label, "confidence": c} for label, c in self.alternatives]
+        return d
+
+
+def concept_prefix(label: str, level: int | None) -> str:
+    """``car/interior/wheel`` at level 1 -> ``car``; ``None`` keeps the full path."""
+    return label if level is None else "/".join(label.split("/")[:level])
+
+
+def rollup(classes: Sequence[str], proba: np.ndarray, level: int | None) -> tuple[list[str], np.ndarray]:
+    """Sum class probabilities up to ``level`` of the concept hierarchy."""
+    if level is None:
+        return list(classes), proba
+    if level < 1:
+        raise ValueError(f"level must be >= 1, got {level}")
+    groups = [concept_prefix(c, level) for c in classes]
+    names = sorted(set(groups))
+    index = {g: i for i, g in enumerate(names)}
+    onehot = np.zeros((len(classes), len(names)))
+    onehot[np.arange(len(classes)), [index[g] for g in groups]] = 1.0
+    return names, proba @ onehot
+
+
+class Recognizer:
+    """Frozen backbone + incremental learner.
+
+    Examples
+    --------
+    >>> from PIL import Image
+    >>> rec = Recognizer.create("tiny", learner="ncm", weights="random")
+    >>> red, blue = Image.new("RGB", (32, 32), "red"), Image.new("RGB", (32, 32), "blue")
+    >>> _ = rec.learn([red, blue], ["parts/red", "parts/blue"])
+    >>> rec.predict([red])[0].label
+    'parts/red'
+    """
+
+    def __init__(self, backbone: Backbone | None, learner: Learner, *, examples_seen: dict | None = None,
+                 fingerprint: dict | None = None, weights_path: str | None = None):
+        self.backbone = backbone
+        self.learner = learner
+        self.examples_seen = Counter(examples_seen or {})
+        # what the features came from; kept when loaded without the backbone (consolidate, info)
+        self.fingerprint = backbone.fingerprint if backbone is not None else fingerprint
+        path = backbone.weights.path if backbone is not None else weights_path
+        self.weights_path = str(Path(path).resolve()) if path else None
+
+    @classmethod
+    def create(cls, backbone: str = "mobilenet_v2", *, learner: str = "slda", weights=None,
+               input_size: int | None = None, seed: int = 0, **learner_params) -> "Recognizer":
+        """Build a backbone by name and an empty learner (``fuzzy_artmap``, ``slda`` or ``ncm``)."""
+        return cls(build_backbone(backbone, weights=weights, input_size=input_size, seed=seed),
+                   make_learner(learner, **learner_params))
+
+    # -- features -----------------------------------------------------------------------------------
+    def embed(self, images: Iterable[ImageLike], *, batch_size: int = 32) -> np.ndarray:
+        """Images (PIL, paths or encoded bytes) -> ``(n, feature_dim)`` features."""
+        self._require_backbone()
+        return self.backbone.embed((_as_image(im) for im in images), batch_size=batch_size)
+
+    def embed_files(self, paths: Sequence[str | os.PathLike], *, cache: FeatureCache | None = None,
+                    batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """Embed image files, reusing ``cache`` for files whose bytes were embedded before."""
+        self._require_backbone()
+        out = np.zeros((len(paths), self.backbone.feature_dim), np.float32)
+        hashes = [_file_sha(p) for p in paths] if cache is not None else [""] * len(paths)
+        found = cache.get(hashes) if cache is not None else {}
+        todo = [i for i, h in enumerate(hashes) if not h or h not in found]
+        for i, h in enumerate(hashes):
+            if h and h in found:
+                out[i] = found[h]
+        for lo in track(range(0, len(todo), batch_size), description="embedding", disable=not progress,
+                        transient=True):
+            part = todo[lo:lo + batch_size]
+            images = [load_image(paths[i]) for i in part]
+            out[part] = self.backbone.embed(images, batch_size=batch_size)
+            if cache is not None:
+                cache.put([hashes[i] for i in part], out[part])
+        return out
+
+    # -- learning and prediction -------------------------------------------------------------------
+    def learn(self, images: Iterable[ImageLike], labels: Sequence[str]) -> "Recognizer":
+        """Learn labelled images (a new label creates a class). Images are not kept."""
+        return self.learn_features(self.embed(images), labels)
+
+    def learn_features(self, features: np.ndarray, labels: Sequence[str]) -> "Recognizer":
+        labels = [_check_label(label) for label in labels]
+        self.learner.partial_fit(features, labels)
+        self.examples_seen.update(labels)
+        return self
+
+    def predict(self, images: Iterable[ImageLike], *, top_k: int = 5, level: int | None = None
+                ) -> list[Prediction]:
+        """One :class:`Prediction` per image, with up to ``top_k - 1`` alternatives."""
+        return self.predict_features(self.embed(images), top_k=top_k, level=level)
+
+    def predict_features(self, features: np.ndarray, *, top_k: int = 5, level: int | None = None
+                         ) -> list[Prediction]:
+        names, proba = self.predict_proba(features, level=level)
+        threshold = self.learner.unknown_threshold
+        out = []
+        for row in proba:
+            order = np.argsort(-row, kind="stable")[:max(top_k, 1)]
+            top = [(names[j], float(row[j])) for j in order]
+            label = top[0][0] if threshold is None or top[0][1] >= threshold else None
+            out.append(Prediction(label, top[0][1], top[1:]))
+        return out
+
+    def predict_proba(self, features: np.ndarray, *, level: int | None = None
+                      ) -> tuple[list[str], np.ndarray]:
+        """``(class names, (n, n_classes) probabilities)``, rolled up to ``level`` if given."""
+        return rollup(self.classes, self.learner.predict_proba(features), level)
+
+    def consolidate(self, strategy: str | None = None, **kwargs) -> "Recognizer":
+        if strategy is not None:
+            kwargs["strategy"] = strategy
+        self.learner.consolidate(**kwargs)
+        return self
+
+    @property
+    def classes(self) -> list[str]:
+        return list(getattr(self.learner, "classes_", []))
+
+    def concepts(self) -> dict:
+        """The concept hierarchy of the known labels as nested dicts."""
+        tree: dict = {}
+        for label in self.classes:
+            node = tree
+            for part in label.split("/"):
+                node = node.setdefault(part, {})
+        return tree
+
+    # -- persistence --------------------------------------------------------------------------------
+    def manifest(self) -> dict:
+        state = self.learner.state_dict()
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "backbone": self.fingerprint,
+            "weights_path": self.weights_path,
+            "learner": {k: state[k] for k in ("kind", "params", "classes", "n_features") if k in state},
+            "examples_seen": dict(self.examples_seen),
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write one file atomically: a crash leaves the previous file, never half a file."""
+        arrays = self.learner.state_dict().get("arrays", {})
+        write_container(path, self.manifest(), arrays)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, weights=None, backbone: Backbone | None = None,
+             with_backbone: bool = True) -> "Recognizer":
+        """Load a saved recognizer; refuses it if the backbone differs from the one it learned on.
+
+        ``weights`` overrides where the backbone weights are read from (else ``$EDGELEARN_WEIGHTS``,
+        else the path recorded at save time). ``with_backbone=False`` loads the learner only.
+        """
+        manifest, arrays = read_manifest(path)
+        learner = learner_from_state({**manifest["learner"], "arrays": arrays})
+        if backbone is None and with_backbone:
+            backbone = _rebuild_backbone(manifest, weights)
+        if backbone is not None:
+            _check_fingerprint(manifest["backbone"], backbone.fingerprint, path)
+        return cls(backbone, learner, examples_seen=manifest.get("examples_seen"),
+                   fingerprint=manifest["backbone"], weights_path=manifest.get("weights_path"))
+
+    def info(self) -> dict:
+        return {
+            "learner": self.learner.kind,
+            "params": self.learner.get_params(),
+            "classes": self.classes,
+            "n_classes": len(self.classes),
+            "representations": getattr(self.learner, "n_representations", len(self.classes)),
+            "learner_bytes": self.learner.nbytes,
+            "examples_seen": sum(self.examples_seen.values()),
+            "backbone": self.fingerprint,
+        }
+
+    def _require_backbone(self) -> None:
+        if self.backbone is None:
+            raise ValueError("this recognizer was loaded without its backbone (with_backbone=False)")
+
+
+def read_manifest(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
+    """The manifest and arrays of a saved recognizer, checked for format and version."""
+    manifest, arrays = read_container(path)
+    if manifest.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not a saved recognizer (format {manifest.get('format')!r})")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise ModelFileError(f"{path}: format version {manifest.get('version')} is not supported "
+                             f"(this edgelearn reads version {FORMAT_VERSION})")
+    return manifest, arrays
+
+
+def _rebuild_backbone(manifest: dict, weights) -> Backbone:
+    fp = manifest["backbone"]
+    ident = fp["weights"]
+    seed = 0
+    if weights is None:
+        if ident.startswith("random:"):
+            weights, seed = "random", int(ident.split("=")[1])
+        elif ident.startswith("torchvision:"):
+            weights = "download"
+        elif not os.environ.get("EDGELEARN_WEIGHTS") and manifest.get("weights_path") \
+                and Path(manifest["weights_path"]).is_file():
+            weights = manifest["weights_path"]
+    return build_backbone(fp["name"], weights=weights, input_size=fp["input_size"], seed=seed)
+
+
+def _check_fingerprint(saved: dict, current: dict, path) -> None:
+    differ = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    if differ:
+        detail = "; ".join(f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in differ)
+        raise IncompatibleError(f"{path} was learned on another backbone ({detail}); "
+                                f"load it with the same backbone and weights")
+
+
+def _as_image(image: ImageLike) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    return load_image(image)
+
+
+def _check_label(label) -> str:
+    label = str(label).strip().strip("/")
+    if not label or any(not part.strip() for part in label.split("/")):
+        raise ValueError(f"invalid label {label!r}: use a name or a concept path like 'car/wheel'")
+    return label
+
+
+def _file_sha(path) -> str:
+    """Content hash of a file (a missing file hashes to '' and fails later, when decoded)."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return ""

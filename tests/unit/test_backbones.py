@@ -1,0 +1,100 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edgelearn.backbones import build_backbone, list_backbones, register_backbone
+from edgelearn.backbones.padding import use_tf_same_padding
+from edgelearn.errors import WeightsError
+
+
+def test_tiny_backbone_embeds_batches_deterministically():
+    bb = build_backbone("tiny", weights="random")
+    images = [Image.new("RGB", (50, 40), c) for c in ("red", "blue", "green")]
+    features = bb.embed(images, batch_size=2)
+    assert features.shape == (3, 32) and features.dtype == np.float32
+    np.testing.assert_allclose(features, build_backbone("tiny", weights="random").embed(images), rtol=1e-5)
+    assert not np.allclose(features[0], features[1])
+
+
+def test_fingerprint_records_weights_and_preprocessing():
+    a = build_backbone("tiny", weights="random", seed=0)
+    b = build_backbone("tiny", weights="random", seed=1)
+    c = build_backbone("tiny", weights="random", input_size=64)
+    assert a.fingerprint["weights"] == "random:seed=0" and a.fingerprint["feature_dim"] == 32
+    assert len({a.fingerprint_id, b.fingerprint_id, c.fingerprint_id}) == 3
+
+
+def test_torchvision_names_are_available_and_heads_removed():
+    assert {"mobilenet_v2", "resnet18", "tiny"} <= set(list_backbones())
+    bb = build_backbone("mobilenet_v3_small", weights="random", input_size=64)
+    assert bb.feature_dim == 1024  # the pre-logit layer, not 1000 class scores
+    assert bb.embed([Image.new("RGB", (64, 64))]).shape == (1, 1024)
+
+
+def test_local_weights_file_with_sidecar(tmp_path):
+    source = build_backbone("tiny", weights="random", seed=3)
+    path = tmp_path / "tiny.pt"
+    torch.save(source.model.state_dict(), path)
+    loaded = build_backbone("tiny", weights=path)
+    image = [Image.new("RGB", (32, 32), "orange")]
+    np.testing.assert_allclose(loaded.embed(image), source.embed(image), rtol=1e-5)
+    assert len(loaded.fingerprint["weights"]) == 64  # sha256 of the file
+
+    (tmp_path / "tiny.json").write_text(json.dumps({"architecture": "x.resnet18"}))
+    with pytest.raises(WeightsError, match="resnet18"):
+        build_backbone("tiny", weights=path)
+    (tmp_path / "tiny.json").write_text(json.dumps({"sha256": "0" * 64}))
+    with pytest.raises(WeightsError, match="sha256"):
+        build_backbone("tiny", weights=path)
+    (tmp_path / "tiny.json").write_text(json.dumps({"padding": "tf_same", "input_size": 32, "resize_size": 32}))
+    same = build_backbone("tiny", weights=path)
+    assert same.padding == "tf_same" and same.preprocessing.resize_size == 32
+    assert all(m.padding == (0, 0) for m in same.model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_weights_errors_say_what_to_do(tmp_path, monkeypatch):
+    with pytest.raises(WeightsError, match="not found"):
+        build_backbone("tiny", weights=tmp_path / "nope.pt")
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(WeightsError, match="cannot read"):
+        build_backbone("tiny", weights=tmp_path / "bad.pt")
+    torch.save({"x": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(WeightsError, match="do not fit"):
+        build_backbone("tiny", weights=tmp_path / "other.pt")
+    with pytest.raises(WeightsError, match="unknown backbone"):
+        build_backbone("no_such_net", weights="random")
+
+    import torchvision
+
+    def offline(name):
+        raise ConnectionError("network unreachable")
+
+    monkeypatch.setattr(torchvision.models, "get_model_weights", offline)
+    with pytest.raises(WeightsError, match="EDGELEARN_WEIGHTS"):
+        build_backbone("resnet18", weights="download")
+
+
+def test_environment_variable_names_the_weights(tmp_path, monkeypatch):
+    torch.save(build_backbone("tiny", weights="random", seed=5).model.state_dict(), tmp_path / "w.pt")
+    monkeypatch.setenv("EDGELEARN_WEIGHTS", str(tmp_path / "w.pt"))
+    assert build_backbone("tiny").weights.path == tmp_path / "w.pt"
+
+
+def test_duplicate_registration_is_an_error():
+    with pytest.raises(ValueError, match="already registered"):
+        register_backbone("tiny")(lambda: None)
+
+
+def test_tf_same_padding_pads_after_on_even_sizes():
+    conv = torch.nn.Conv2d(1, 1, 3, stride=2, padding=1, bias=False)
+    torch.nn.init.ones_(conv.weight)
+    model = use_tf_same_padding(torch.nn.Sequential(torch.nn.Identity(), conv), mean=[0.0], std=[1.0],
+                                input_pad_pixel=0.0)
+    x = torch.ones(1, 1, 4, 4)
+    y = model(x)
+    assert y.shape == (1, 1, 2, 2)
+    # TF 'SAME': window 0 covers rows/cols 0..2 fully inside (9 ones); the last window pads after
+    assert y[0, 0, 0, 0].item() == 9 and y[0, 0, 1, 1].item() == 4

@@ -1,0 +1,78 @@
+"""The CLI end to end on a tiny generated image folder with the tiny random backbone."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from edgelearn.cli import app
+
+TINY = ["--backbone", "tiny", "--weights", "random"]
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def run_json(runner, *args):
+    result = runner.invoke(app, [*map(str, args), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_learn_predict_evaluate_consolidate_info(runner, image_folder, tmp_path):
+    model = tmp_path / "m.edge"
+    learned = run_json(runner, "learn", image_folder, "-o", model, "--learner", "fuzzy-artmap", "--steps", "3",
+                       *TINY)
+    assert [h["classes"] for h in learned["history"]] == [1, 2, 3]
+    assert learned["evaluation"]["accuracy"] == 1.0 and learned["evaluation"]["n"] == 9
+    assert set(learned["evaluation"]["per_class"]) == {"red", "green", "blue"}
+
+    test_red = sorted((image_folder / "test" / "red").iterdir())[0]
+    predicted = run_json(runner, "predict", model, test_red, "--top-k", "2", "--weights", "random")
+    assert predicted["predictions"][0]["label"] == "red"
+    assert len(predicted["predictions"][0]["alternatives"]) == 1
+
+    evaluated = run_json(runner, "evaluate", model, image_folder, "--weights", "random")
+    assert evaluated["accuracy"] == 1.0 and evaluated["top5"] == 1.0
+
+    consolidated = run_json(runner, "consolidate", model, "-o", tmp_path / "small.edge")
+    assert consolidated["bytes_after"] <= consolidated["bytes_before"]
+    info = run_json(runner, "info", tmp_path / "small.edge")
+    assert info["n_classes"] == 3 and info["representations"] == 3 and info["examples_seen"] == 18
+    assert info["backbone"]["name"] == "tiny"
+
+
+def test_a_model_learned_in_one_step_consolidated_after_each(runner, image_folder, tmp_path):
+    out = run_json(runner, "learn", image_folder, "-o", tmp_path / "m.edge", "--learner", "ncm",
+                   "--per-class", "2", "--consolidation", "after_each_step", *TINY)
+    assert out["info"]["examples_seen"] == 6
+
+
+@pytest.mark.parametrize("args, message", [
+    (["learn", "/no/such/folder", *TINY], "not found"),
+    (["predict", "/no/such/model.edge", "x.png"], "no such file"),
+    (["learn", "{data}", "--learner", "svm", *TINY], "unknown learner"),
+    (["learn", "{data}", "--consolidation", "sometimes", *TINY], "consolidation"),
+])
+def test_user_errors_are_one_line_exit_1(runner, image_folder, args, message):
+    result = runner.invoke(app, [a.format(data=image_folder) for a in args])
+    assert result.exit_code == 1
+    assert message in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_corrupt_image_and_usage_error_from_the_real_command(image_folder, tmp_path):
+    model = tmp_path / "m.edge"
+    edgelearn = [sys.executable, "-m", "edgelearn"]
+    done = subprocess.run([*edgelearn, "learn", image_folder, "-o", model, *TINY], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    done = subprocess.run([*edgelearn, "predict", model, bad, "--weights", "random"], capture_output=True, text=True)
+    assert done.returncode == 1 and "bad.jpg" in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run([*edgelearn, "learn", "--steps", "x"], capture_output=True, text=True)
+    assert done.returncode == 2

@@ -1,0 +1,103 @@
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgelearn.backbones import build_backbone
+from edgelearn.data import FolderDataset
+from edgelearn.errors import IncompatibleError, ModelFileError
+from edgelearn.recognizer import Recognizer, rollup
+from tests.conftest import COLOURS
+
+
+@pytest.fixture
+def trained(image_folder):
+    rec = Recognizer.create("tiny", learner="ncm", weights="random")
+    train = FolderDataset.scan(image_folder, "train")
+    return rec.learn(train.paths, train.labels), FolderDataset.scan(image_folder, "test")
+
+
+def test_learns_colours_and_reports_alternatives(trained):
+    rec, test = trained
+    predictions = rec.predict(test.paths, top_k=3)
+    assert [p.label for p in predictions] == list(test.labels)
+    for p in predictions:
+        assert 0 < p.confidence <= 1 and len(p.alternatives) == 2
+        assert p.confidence >= p.alternatives[0][1] >= p.alternatives[1][1]
+        assert p.label not in [a for a, _ in p.alternatives]
+
+
+def test_save_load_round_trip_keeps_predictions_and_no_images(trained, tmp_path):
+    rec, test = trained
+    path = rec.save(tmp_path / "m.edge")
+    loaded = Recognizer.load(path)
+    X = rec.embed(test.paths)
+    np.testing.assert_allclose(loaded.learner.predict_proba(X), rec.learner.predict_proba(X))
+    assert loaded.examples_seen == rec.examples_seen
+    assert path.stat().st_size < 10_000  # three class means and a manifest: no images inside
+
+
+def test_another_backbone_is_refused(trained, tmp_path):
+    rec, _ = trained
+    path = rec.save(tmp_path / "m.edge")
+    with pytest.raises(IncompatibleError, match="weights"):
+        Recognizer.load(path, backbone=build_backbone("tiny", weights="random", seed=1))
+    with pytest.raises(IncompatibleError, match="input_size"):
+        Recognizer.load(path, backbone=build_backbone("tiny", weights="random", input_size=48))
+
+
+def test_damaged_files_are_refused(trained, tmp_path):
+    rec, _ = trained
+    data = rec.save(tmp_path / "m.edge").read_bytes()
+    (tmp_path / "cut.edge").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="truncated"):
+        Recognizer.load(tmp_path / "cut.edge")
+    (tmp_path / "junk.edge").write_bytes(b"\x00" * 100)
+    with pytest.raises(ModelFileError):
+        Recognizer.load(tmp_path / "junk.edge")
+    with pytest.raises(ModelFileError, match="no such file"):
+        Recognizer.load(tmp_path / "missing.edge")
+
+
+def test_crash_during_save_keeps_the_previous_file(trained, tmp_path, monkeypatch):
+    rec, test = trained
+    path = rec.save(tmp_path / "models" / "m.edge")
+    before = path.read_bytes()
+    rec.learn([Image.new("RGB", (32, 32), "white")], ["white"])
+
+    def crash(*args):
+        raise KeyboardInterrupt  # the process dies between writing the temp file and renaming it
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        rec.save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["m.edge"]  # no temp file left behind
+
+
+def test_concept_paths_roll_up(image_folder):
+    from tests.conftest import make_image_folder
+
+    root = make_image_folder(image_folder.parent / "nested", nested=True)
+    train = FolderDataset.scan(root, "train")
+    assert set(train.labels) == {f"colours/{c}" for c in COLOURS}
+    rec = Recognizer.create("tiny", learner="slda", weights="random").learn(train.paths, train.labels)
+    rec.learn([Image.new("RGB", (40, 40), "white")], ["shades/white"])
+    assert rec.concepts() == {"colours": {c: {} for c in sorted(COLOURS)}, "shades": {"white": {}}}
+    top = rec.predict(train.paths[:1], level=1)[0]
+    assert top.label == "colours" and top.alternatives[0][0] == "shades"
+
+
+def test_rollup_sums_leaf_probabilities():
+    names, proba = rollup(["a/x", "a/y", "b"], np.array([[0.2, 0.3, 0.5]]), level=1)
+    assert names == ["a", "b"]
+    np.testing.assert_allclose(proba, [[0.5, 0.5]])
+
+
+def test_unknown_below_threshold_and_bad_labels(trained):
+    rec, test = trained
+    rec.learner.unknown_threshold = 1.1  # nothing is that certain
+    assert rec.predict(test.paths[:1])[0].label is None
+    with pytest.raises(ValueError, match="invalid label"):
+        rec.learn([Image.new("RGB", (8, 8))], ["a//b"])
