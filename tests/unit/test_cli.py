@@ -76,3 +76,9 @@ def test_corrupt_image_and_usage_error_from_the_real_command(image_folder, tmp_p
     assert done.returncode == 1 and "bad.jpg" in done.stderr and "Traceback" not in done.stderr
     done = subprocess.run([*edgelearn, "learn", "--steps", "x"], capture_output=True, text=True)
     assert done.returncode == 2
+
+
+def test_demo_runs_the_main_job_on_a_given_folder(runner, image_folder, tmp_path):
+    out = run_json(runner, "demo", image_folder, "--steps", "3", "--weights", "random", "-o", tmp_path / "d.edge")
+    assert len(out["history"]) == 3 and out["evaluation"]["n"] == 9
+    assert (tmp_path / "d.edge").is_file()

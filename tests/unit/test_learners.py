@@ -126,8 +126,9 @@ def test_merging_halves_equals_training_on_all(kind):
     merged = a.merge(b)
     whole = make_learner(kind).partial_fit(X, y)
     perm = [merged.classes_.index(c) for c in whole.classes_]
-    for name in type(merged)._arrays:
-        mine, theirs = getattr(merged, name), getattr(whole, name)
+    mine_state, their_state = merged.state_dict()["arrays"], whole.state_dict()["arrays"]
+    for name in mine_state:
+        mine, theirs = mine_state[name], their_state[name]
         if mine.ndim >= 1 and mine.shape[0] == len(perm):
             mine = mine[perm]
         np.testing.assert_allclose(mine, theirs, atol=1e-6, rtol=1e-6)

@@ -75,10 +75,12 @@ class Learner:
     def predict(self, X) -> np.ndarray:
         """Most likely label per row; ``unknown_label`` where the top probability is below
         ``unknown_threshold`` (when that is set)."""
+        if self.unknown_threshold is None:  # argmax needs no softmax
+            best = self._logits(self._check_X(X)).argmax(axis=1)
+            return np.asarray(self.classes_, dtype=object)[best]
         proba = self.predict_proba(X)
         labels = np.asarray(self.classes_, dtype=object)[proba.argmax(axis=1)]
-        if self.unknown_threshold is not None:
-            labels[proba.max(axis=1) < self.unknown_threshold] = self.unknown_label
+        labels[proba.max(axis=1) < self.unknown_threshold] = self.unknown_label
         return labels
 
     def consolidate(self, strategy: str = "final", **kwargs) -> "Learner":
@@ -112,6 +114,7 @@ class Learner:
         """Plain arrays + JSON-able hyper-parameters and labels."""
         state = {"kind": self.kind, "params": self.get_params()}
         if hasattr(self, "classes_"):
+            self._sync()
             state["classes"] = list(self.classes_)
             state["n_features"] = self.n_features_in_
             state["arrays"] = {name: getattr(self, name) for name in self._arrays}
@@ -122,6 +125,7 @@ class Learner:
             raise IncompatibleError(f"state is for a {state.get('kind')!r} learner, not {self.kind!r}")
         for key, value in state["params"].items():
             setattr(self, key, value)
+        self._index = None
         if "classes" in state:
             self.classes_ = list(state["classes"])
             self.n_features_in_ = int(state["n_features"])
@@ -156,18 +160,21 @@ class Learner:
         """Labels -> class indices, appending unseen labels to ``classes_`` (and growing arrays)."""
         if not hasattr(self, "classes_"):
             self.classes_ = []
-        index = {c: i for i, c in enumerate(self.classes_)}
+        index = getattr(self, "_index", None)
+        if index is None or len(index) != len(self.classes_):  # derived; rebuilt after a load
+            index = self._index = {c: i for i, c in enumerate(self.classes_)}
         before = len(self.classes_)
         out = np.empty(len(labels), dtype=np.intp)
         for i, label in enumerate(labels):
             label = label.item() if isinstance(label, np.generic) else label
-            if not isinstance(label, (str, int)):
-                raise ValueError(f"labels must be str or int, got {type(label).__name__}")
             if label not in index:
+                if not isinstance(label, (str, int)):
+                    raise ValueError(f"labels must be str or int, got {type(label).__name__}")
                 index[label] = len(self.classes_)
                 self.classes_.append(label)
             out[i] = index[label]
-        self._grow(before)
+        if len(self.classes_) > before:
+            self._grow(before)
         return out
 
     def _grow(self, before: int) -> None:
@@ -175,6 +182,9 @@ class Learner:
 
     def _invalidate(self) -> None:
         """Called after the learned state changed outside ``_learn`` (load, merge): drop caches."""
+
+    def _sync(self) -> None:
+        """Bring the learned arrays up to date before they are read from outside (state_dict)."""
 
     def _logits(self, X: np.ndarray) -> np.ndarray:
         return self._scores(X)

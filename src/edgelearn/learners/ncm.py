@@ -52,6 +52,7 @@ class NearestClassMean(Learner):
         self.counts_ = np.concatenate([self.counts_, np.zeros(new)])
         self.means_ = np.vstack([self.means_, np.zeros((new, self.n_features_in_))])
         self.m2_ = np.concatenate([self.m2_, np.zeros(new)])
+        self._invalidate()
 
     def _learn(self, X: np.ndarray, idx: np.ndarray) -> None:
         X = self._prepare(X)
@@ -65,6 +66,7 @@ class NearestClassMean(Learner):
         n, mean, delta, weight = chan_update(self.counts_[c], self.means_[c], n_b, mean_b)
         self.m2_[c] += m2_b + weight * (delta**2).sum()
         self.counts_[c], self.means_[c] = n, mean
+        self._invalidate()
 
     def _merge_one(self, other: "NearestClassMean", index_map: np.ndarray) -> None:
         for j, c in enumerate(index_map):
@@ -72,11 +74,24 @@ class NearestClassMean(Learner):
 
     def _scores(self, X: np.ndarray) -> np.ndarray:
         X = self._prepare(X)
+        M, bias = self._linear()
         if self.metric == "cosine":
-            means = self.means_ / np.maximum(np.linalg.norm(self.means_, axis=1, keepdims=True), 1e-12)
-            return X @ means.T
-        # -||x - m||^2 without forming the (n, C, D) difference tensor
-        return 2 * X @ self.means_.T - (self.means_**2).sum(1) - (X**2).sum(1, keepdims=True)
+            return (X.astype(np.float32) @ M.T).astype(np.float64)
+        # -||x - m||^2 = 2 x.m - |m|^2 - |x|^2, without forming the (n, C, D) difference tensor
+        return (X.astype(np.float32) @ M.T - bias).astype(np.float64) - (X**2).sum(1, keepdims=True)
+
+    def _linear(self) -> tuple[np.ndarray, np.ndarray]:
+        """float32 matrices for scoring, computed once per change of the means."""
+        if getattr(self, "_cache", None) is None:
+            if self.metric == "cosine":
+                M = self.means_ / np.maximum(np.linalg.norm(self.means_, axis=1, keepdims=True), 1e-12)
+                self._cache = (M.astype(np.float32), np.zeros(len(M), np.float32))
+            else:
+                self._cache = ((2 * self.means_).astype(np.float32), (self.means_**2).sum(1).astype(np.float32))
+        return self._cache
+
+    def _invalidate(self) -> None:
+        self._cache = None
 
     def _logits(self, X: np.ndarray) -> np.ndarray:
         scores = self._scores(X)

@@ -48,6 +48,7 @@ class StreamingLDA(Learner):
             self.counts_ = np.zeros(0)
             self.means_ = np.zeros((0, d))
             self.scatter_ = np.zeros((d, d))
+            self._pending, self._pending_rows = [], 0
         self.counts_ = np.concatenate([self.counts_, np.zeros(new)])
         self.means_ = np.vstack([self.means_, np.zeros((new, d))])
         self._invalidate()
@@ -64,18 +65,45 @@ class StreamingLDA(Learner):
         classes = np.unique(idx)
         n_b = np.array([(idx == c).sum() for c in classes], dtype=float)
         mean_b = np.stack([X[idx == c].mean(axis=0) for c in classes])
-        centred = X - mean_b[np.searchsorted(classes, idx)]
-        self._combine(classes, n_b, mean_b, centred.T @ centred)
+        centred = X - mean_b[np.searchsorted(classes, idx)]  # zero rows for classes seen once here
+        self._combine(classes, n_b, mean_b, centred if (n_b > 1).any() else None)
 
-    def _combine(self, classes, n_b, mean_b, scatter_b) -> None:
+    def _combine(self, classes, n_b, mean_b, rows=None, scatter_b=None) -> None:
+        """Chan's update. The scatter gains ``rows.T @ rows`` (+ ``scatter_b``) and, per class,
+        ``weight * outer(delta, delta)``; rank-k terms are queued and folded in by one matrix
+        product (:meth:`_flush`), so a camera's one-example updates cost O(d), not O(d^2)."""
         n, mean, delta, weight = chan_update(self.counts_[classes], self.means_[classes], n_b, mean_b)
-        between = delta * np.sqrt(weight)[:, None]
-        self.scatter_ += scatter_b + between.T @ between
+        self._queue(delta * np.sqrt(weight)[:, None])
+        if rows is not None:
+            self._queue(rows)
+        if scatter_b is not None:
+            self.scatter_ += scatter_b
         self.counts_[classes], self.means_[classes] = n, mean
         self._invalidate()
 
+    def _queue(self, rows: np.ndarray) -> None:
+        self._pending.append(rows)
+        self._pending_rows += len(rows)
+        if self._pending_rows >= 256:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Fold the queued rank-k terms into ``scatter_`` (exact; called before it is read)."""
+        if self._pending:
+            R = np.vstack(self._pending)
+            self.scatter_ += R.T @ R
+        self._pending, self._pending_rows = [], 0
+
+    def _sync(self) -> None:
+        self._flush()
+
     def _merge_one(self, other: "StreamingLDA", index_map: np.ndarray) -> None:
-        self._combine(index_map, other.counts_, other.means_, other.scatter_)
+        other._flush()
+        self._combine(index_map, other.counts_, other.means_, scatter_b=other.scatter_)
+
+    def load_state_dict(self, state: dict) -> "StreamingLDA":
+        self._pending, self._pending_rows = [], 0
+        return super().load_state_dict(state)
 
     def _invalidate(self) -> None:
         self._linear = None
@@ -83,6 +111,7 @@ class StreamingLDA(Learner):
     def _weights(self) -> tuple[np.ndarray, np.ndarray]:
         """The linear classifier ``(W, b)`` of the current state, computed once per change."""
         if getattr(self, "_linear", None) is None:
+            self._flush()
             d = self.n_features_in_
             cov = self.scatter_ / max(self.counts_.sum(), 1)
             target = max(np.trace(cov) / d, 1e-12)
