@@ -75,6 +75,28 @@ def group(results, **where):
     return [r for r in results if all(r.get(k) == v for k, v in where.items())]
 
 
+ABLATIONS = {  # Fuzzy ARTMAP variants, imagenette 96 px, 10 steps: why the defaults are what they are
+    "default": {},  # match tracking, rho 0.5, learning rate 0.2, row-max scaling
+    "literal_updater": {"match_tracking": False},  # the paper's text read literally
+    "fast_learning": {"learning_rate": 1.0},
+    "relu6_scaling": {"feature_scale": 6.0},
+    "rho_0.75": {"rho": 0.75},
+}
+
+
+def ablation_table(features, seeds):
+    (Xall, yall, _), (Xt, yt, _) = features["imagenette", 96]["train"], features["imagenette", 96]["test"]
+    rows = []
+    for name, params in ABLATIONS.items():
+        for seed in seeds:
+            idx = common.per_class_indices(yall, 100, seed)
+            rec = Recognizer(None, make_learner("fuzzy_artmap", **params))
+            learn_stream(rec, Xall[idx], yall[idx], n_steps=10, seed=seed)
+            rows.append({"variant": name, "seed": seed, "accuracy": evaluate_features(rec, Xt, yt)["accuracy"],
+                         "representations": rec.learner.n_representations, "bytes": rec.learner.nbytes})
+    return rows
+
+
 # -- speed -----------------------------------------------------------------------------------------
 def embedding_speed(weights, seconds=6.0):
     import torch
@@ -245,7 +267,7 @@ def summarise(results, speed, artlib, avalanche):
     return summary
 
 
-def markdown(results, speed, artlib, avalanche, seeds, command):
+def markdown(results, ablations, speed, artlib, avalanche, seeds, command):
     lines = [f"# DICLA benchmark\n\n`{command}` — {len(seeds)} seeds; 100 train images per class "
              "(seeded draw), all test images; accuracy in % (mean ± std); memory = learner state in bytes "
              "(MB = 2^20 bytes).\n"]
@@ -270,6 +292,12 @@ def markdown(results, speed, artlib, avalanche, seeds, command):
                         paper = f"{a:.2f} ± {s:.2f} %, {m:.2f} MB"
                     lines.append(f"| {kind} | {cons if kind == 'fuzzy_artmap' else '-'} | {' | '.join(cells)} "
                                  f"| {mem:,.0f} B ({mem / 2**20:.3f} MB) | {reps:.1f} | {paper} |")
+    lines.append("\n## Fuzzy ARTMAP variants (imagenette, 96 px, 10 steps, no consolidation)\n")
+    lines.append("| variant | parameters | accuracy % | representations | memory (B) |\n|---|---|---:|---:|---:|")
+    for name, params in ABLATIONS.items():
+        rows = [r for r in ablations if r["variant"] == name]
+        reps, size = np.mean([r["representations"] for r in rows]), np.mean([r["bytes"] for r in rows])
+        lines.append(f"| {name} | {params or 'defaults'} | {pct(rows)} | {reps:.0f} | {size:,.0f} |")
     lines.append("\n## Speed (this machine)\n")
     lines.append("| what | figure |\n|---|---:|")
     for k, v in speed.items():
@@ -342,6 +370,7 @@ def main():
                 for ds in DATASETS for size in SIZES}
     results = []
     accuracy_table(features, seeds, results)
+    ablations = ablation_table(features, seeds)
     speed = embedding_speed(args.weights)
     for kind in LEARNERS:
         for n_classes in (10, 1000):
@@ -355,8 +384,13 @@ def main():
               "consolidation": CONSOLIDATION, "seeds": seeds, "weights": args.weights, "data": str(args.data),
               "fingerprints": {f"{ds}_{s}": f["fingerprint"] for (ds, s), f in features.items()},
               "learners": {k: make_learner(k).get_params() for k in LEARNERS}, "command": command}
-    common.write_results("dicla", summary, config, {"runs": results, "artlib": artlib, "avalanche": avalanche},
-                         markdown(results, speed, artlib, avalanche, seeds, command))
+    for name in ABLATIONS:
+        rows = [r for r in ablations if r["variant"] == name]
+        summary[f"fam_variant_{name}_acc"] = float(np.mean([r["accuracy"] for r in rows]))
+        summary[f"fam_variant_{name}_representations"] = float(np.mean([r["representations"] for r in rows]))
+    common.write_results("dicla", summary, config,
+                         {"runs": results, "ablations": ablations, "artlib": artlib, "avalanche": avalanche},
+                         markdown(results, ablations, speed, artlib, avalanche, seeds, command))
     plots(results)
     for k, v in summary.items():
         print(f"{k}: {v:.4f}")

@@ -192,3 +192,11 @@ def test_bad_hyper_parameters_are_refused():
         StreamingLDA(shrinkage=2).partial_fit([[0.1, 0.2]], ["a"])
     with pytest.raises(ValueError, match="unknown learner"):
         make_learner("svm")
+
+
+def test_the_papers_literal_updater_grows_more_representations():
+    X, y = blobs(n_classes=5, spread=1.0, dim=64, per_class=40)  # overlapping classes
+    order = np.random.default_rng(0).permutation(len(X))
+    tracking = FuzzyArtmap().partial_fit(X[order], y[order])
+    literal = FuzzyArtmap(match_tracking=False).partial_fit(X[order], y[order])
+    assert literal.n_representations > 2 * tracking.n_representations

@@ -39,7 +39,10 @@ class FuzzyArtmap(Learner):
     learning_rate : how far a resonating representation moves (paper's alpha_B: 0.2).
     choice : the choice parameter alpha of ``T_j``; small, only breaks ties toward small boxes.
     epsilon : how far match tracking raises the vigilance above a wrong representation's match.
+    match_tracking : ``False`` gives the paper's literal updater (a new representation whenever the
+        single best one fails the vigilance or has another class); kept for comparison.
     feature_scale : fixed bound that maps features into [0, 1]; ``None``: divide by the row's max.
+        Features are assumed non-negative (ReLU backbones); negative values are clipped to 0.
     temperature : softmax temperature on the choice values for ``predict_proba``.
     unknown_threshold, unknown_label : ``predict`` answers ``unknown_label`` below this top probability.
 
@@ -54,12 +57,14 @@ class FuzzyArtmap(Learner):
     _arrays = ("weights_", "category_class_", "category_count_")
 
     def __init__(self, rho: float = 0.5, *, learning_rate: float = 0.2, choice: float = 1e-3,
-                 epsilon: float = 1e-3, feature_scale: float | None = None, temperature: float = 0.02,
+                 epsilon: float = 1e-3, match_tracking: bool = True, feature_scale: float | None = None,
+                 temperature: float = 0.02,
                  unknown_threshold: float | None = None, unknown_label: str | None = None):
         self.rho = rho
         self.learning_rate = learning_rate
         self.choice = choice
         self.epsilon = epsilon
+        self.match_tracking = match_tracking
         self.feature_scale = feature_scale
         self.temperature = temperature
         self.unknown_threshold = unknown_threshold
@@ -105,6 +110,9 @@ class FuzzyArtmap(Learner):
         if len(self.weights_) == 0:
             return None
         overlap = fuzzy_and_sums(self.weights_, I[None])[0]
+        if not self.match_tracking:  # the paper's literal updater: only the single best one may learn
+            j = int(np.argmax(overlap / (self.choice + norms)))
+            return j if overlap[j] >= self.rho * dim and self.category_class_[j] == label else None
         vigilant = np.flatnonzero(overlap >= self.rho * dim)  # only these can ever resonate
         choice = overlap[vigilant] / (self.choice + norms[vigilant])
         vigilance = self.rho
