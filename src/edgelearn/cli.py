@@ -18,10 +18,13 @@ from edgelearn.backbones import WEIGHTS_ENV
 from edgelearn.data import FeatureCache, FolderDataset
 from edgelearn.errors import EdgelearnError
 from edgelearn.evaluation import CONSOLIDATION, evaluate_features, learn_stream
+from edgelearn.knowledge import SiteKey, TrustStore
 from edgelearn.recognizer import Recognizer
 
 app = typer.Typer(help="Image recognition that keeps learning on the edge.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
+keys_app = typer.Typer(help="Site keys for signing knowledge packages.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
@@ -32,6 +35,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on std
 Weights = Annotated[str | None, typer.Option(
     envvar=WEIGHTS_ENV, help="Backbone weights: a state-dict file, 'download' or 'random'.")]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the feature cache.")]
+Key = Annotated[Path | None, typer.Option(help="This site's private key (edgelearn keys new): sign the output.")]
 
 
 def user_errors(command):
@@ -104,12 +108,13 @@ def learn(
     weights: Weights = None,
     input_size: Annotated[int | None, typer.Option(help="Square input size (224 standard, 96 paper).")] = None,
     no_cache: NoCache = False,
+    key: Key = None,
     as_json: Json = False,
 ):
     """Learn the classes of a folder data set as a class-incremental stream and save the model."""
     result = _learn(dataset, learner, steps, per_class, seed, consolidation, backbone, weights, input_size,
                     no_cache)
-    result.pop("recognizer").save(output)
+    result.pop("recognizer").save(output, key=_key(key))
     err.print(f"saved {output}")
     emit({**result, "model": str(output)}, as_json, _steps_table(result["history"], result.get("evaluation")))
 
@@ -164,17 +169,66 @@ def consolidate(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Default: overwrite MODEL.")] = None,
     strategy: Annotated[str, typer.Option(help="Fuzzy ARTMAP: union or mean.")] = "union",
     max_per_class: Annotated[int, typer.Option(help="Representations kept per class.")] = 1,
+    key: Key = None,
     as_json: Json = False,
 ):
     """Shrink a model's fast memory (Fuzzy ARTMAP: fold representations per class)."""
     rec = Recognizer.load(model, with_backbone=False)
     before = rec.learner.nbytes
     kwargs = {"strategy": strategy, "max_per_class": max_per_class} if rec.learner.kind == "fuzzy_artmap" else {}
-    rec.consolidate(**kwargs).save(output or model)
+    rec.consolidate(**kwargs).save(output or model, key=_key(key))
     result = {"bytes_before": before, "bytes_after": rec.learner.nbytes, "model": str(output or model)}
     if not as_json:
         out.print(f"{result['model']}: learner memory {before:,} -> {rec.learner.nbytes:,} bytes")
     emit(result, as_json)
+
+
+@app.command()
+@user_errors
+def merge(
+    packages: Annotated[list[Path], typer.Argument(help="Knowledge packages (.edge) of several sites.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to save the merged knowledge.")],
+    trust: Annotated[Path | None, typer.Option(help="Folder of trusted sites' public keys (<site>.pub).")] = None,
+    allow_unsigned: Annotated[bool, typer.Option(help="Accept unsigned packages (no signature check).")] = False,
+    consolidate: Annotated[bool, typer.Option(help="Fuzzy ARTMAP: one representation per class after.")] = False,
+    key: Key = None,
+    as_json: Json = False,
+):
+    """Merge what several sites learned into one package; the result does not depend on the order."""
+    if trust is None and not allow_unsigned:
+        raise ValueError("give --trust DIR (public keys of trusted sites) or --allow-unsigned")
+    store = TrustStore.load(trust) if trust is not None else None
+    recs = [Recognizer.load(p, with_backbone=False, trust=store, require_signature=not allow_unsigned)
+            for p in packages]
+    merged = recs[0].merge(*recs[1:])
+    if consolidate:
+        merged.consolidate()
+    merged.save(output, key=_key(key))
+    result = {"model": str(output), "packages": len(packages), **merged.info()}
+    if not as_json:
+        out.print(f"merged {len(packages)} packages into {output}: {result['n_classes']} classes, "
+                  f"{result['learner_bytes']:,} bytes")
+    emit(result, as_json)
+
+
+@keys_app.command("new")
+@user_errors
+def keys_new(
+    site: Annotated[str, typer.Argument(help="This site's name, e.g. plant-a.")],
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write <site>.key and <site>.pub.")] = Path("keys"),
+    as_json: Json = False,
+):
+    """Create this site's signing key pair; share <site>.pub with the sites that import from you."""
+    site_key = SiteKey.generate(site)
+    private, public = site_key.save(directory)
+    result = {"site": site, "private_key": str(private), "public_key": str(public), "key_id": site_key.key_id}
+    if not as_json:
+        out.print(f"wrote {private} (keep it here) and {public} (give it to the other sites)")
+    emit(result, as_json)
+
+
+def _key(path: Path | None) -> SiteKey | None:
+    return SiteKey.load(path) if path is not None else None
 
 
 @app.command()

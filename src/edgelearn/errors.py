@@ -31,3 +31,7 @@ class WeightsError(EdgelearnError, RuntimeError):
 
 class NotFittedError(EdgelearnError, ValueError):
     """A learner was asked to predict before it learned anything."""
+
+
+class SignatureError(EdgelearnError):
+    """A package's signature is missing, wrong, or made by a site we do not trust."""

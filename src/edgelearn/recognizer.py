@@ -19,12 +19,10 @@ from rich.progress import track
 from edgelearn.backbones import Backbone, build_backbone
 from edgelearn.data.cache import FeatureCache
 from edgelearn.data.images import load_image, to_rgb
-from edgelearn.errors import IncompatibleError, ModelFileError
-from edgelearn.files import read_container, write_container
+from edgelearn.errors import IncompatibleError
+from edgelearn.knowledge import SiteKey, TrustStore, read_package, write_package
 from edgelearn.learners import Learner, learner_from_state, make_learner
 
-FORMAT = "edgelearn.recognizer"
-FORMAT_VERSION = 1
 ImageLike = Image.Image | str | os.PathLike | bytes
 
 
@@ -75,10 +73,11 @@ class Recognizer:
     """
 
     def __init__(self, backbone: Backbone | None, learner: Learner, *, examples_seen: dict | None = None,
-                 fingerprint: dict | None = None, weights_path: str | None = None):
+                 fingerprint: dict | None = None, weights_path: str | None = None, sources: list | None = None):
         self.backbone = backbone
         self.learner = learner
         self.examples_seen = Counter(examples_seen or {})
+        self.sources = list(sources or [])  # provenance of merged knowledge: site, time, examples
         # what the features came from; kept when loaded without the backbone (consolidate, info)
         self.fingerprint = backbone.fingerprint if backbone is not None else fingerprint
         path = backbone.weights.path if backbone is not None else weights_path
@@ -169,41 +168,58 @@ class Recognizer:
                 node = node.setdefault(part, {})
         return tree
 
+    # -- sharing -----------------------------------------------------------------------------------
+    def merge(self, *others: "Recognizer") -> "Recognizer":
+        """Absorb other sites' knowledge (same backbone and learner kind); classes match by label."""
+        for other in others:
+            if other.fingerprint != self.fingerprint:
+                _check_fingerprint(other.fingerprint, self.fingerprint, "the other site's knowledge")
+            self.learner.merge(other.learner)
+            self.examples_seen.update(other.examples_seen)
+            self.sources.extend(other.sources or [{"site": None, "examples": sum(other.examples_seen.values())}])
+        return self
+
     # -- persistence --------------------------------------------------------------------------------
-    def manifest(self) -> dict:
+    def manifest(self, site: str | None = None) -> dict:
         state = self.learner.state_dict()
+        learner = {k: state[k] for k in ("kind", "params", "classes", "n_features") if k in state}
         return {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "site": site,
             "backbone": self.fingerprint,
             "weights_path": self.weights_path,
-            "learner": {k: state[k] for k in ("kind", "params", "classes", "n_features") if k in state},
+            "learner": learner,
             "examples_seen": dict(self.examples_seen),
+            "sources": self.sources,
         }
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write one file atomically: a crash leaves the previous file, never half a file."""
+    def save(self, path: str | os.PathLike, *, key: SiteKey | None = None, site: str | None = None) -> Path:
+        """Write one knowledge package atomically (a crash leaves the previous file, never half a
+        file); signed by ``key`` when given. Holds no images and no backbone weights."""
         arrays = self.learner.state_dict().get("arrays", {})
-        write_container(path, self.manifest(), arrays)
+        write_package(path, self.manifest(site or (key.site if key else None)), arrays, key)
         return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, weights=None, backbone: Backbone | None = None,
-             with_backbone: bool = True) -> "Recognizer":
-        """Load a saved recognizer; refuses it if the backbone differs from the one it learned on.
+             with_backbone: bool = True, trust: TrustStore | None = None,
+             require_signature: bool = False) -> "Recognizer":
+        """Load a saved recognizer or a site's package; refuses it if the backbone differs from
+        the one it learned on, if it was altered, or (``require_signature``) if no trusted site signed it.
 
         ``weights`` overrides where the backbone weights are read from (else ``$EDGELEARN_WEIGHTS``,
-        else the path recorded at save time). ``with_backbone=False`` loads the learner only.
+        else the path recorded at save time). ``with_backbone=False`` loads the fast memory only.
         """
-        manifest, arrays = read_manifest(path)
+        manifest, arrays = read_package(path, trust=trust, require_signature=require_signature)
         learner = learner_from_state({**manifest["learner"], "arrays": arrays})
         if backbone is None and with_backbone:
             backbone = _rebuild_backbone(manifest, weights)
         if backbone is not None:
             _check_fingerprint(manifest["backbone"], backbone.fingerprint, path)
+        sources = manifest.get("sources") or [{"site": manifest.get("site"), "created_at": manifest.get("created_at"),
+                                               "examples": sum(manifest.get("examples_seen", {}).values())}]
         return cls(backbone, learner, examples_seen=manifest.get("examples_seen"),
-                   fingerprint=manifest["backbone"], weights_path=manifest.get("weights_path"))
+                   fingerprint=manifest["backbone"], weights_path=manifest.get("weights_path"), sources=sources)
 
     def info(self) -> dict:
         return {
@@ -214,23 +230,13 @@ class Recognizer:
             "representations": getattr(self.learner, "n_representations", len(self.classes)),
             "learner_bytes": self.learner.nbytes,
             "examples_seen": sum(self.examples_seen.values()),
+            "sources": self.sources,
             "backbone": self.fingerprint,
         }
 
     def _require_backbone(self) -> None:
         if self.backbone is None:
             raise ValueError("this recognizer was loaded without its backbone (with_backbone=False)")
-
-
-def read_manifest(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
-    """The manifest and arrays of a saved recognizer, checked for format and version."""
-    manifest, arrays = read_container(path)
-    if manifest.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: not a saved recognizer (format {manifest.get('format')!r})")
-    if manifest.get("version") != FORMAT_VERSION:
-        raise ModelFileError(f"{path}: format version {manifest.get('version')} is not supported "
-                             f"(this edgelearn reads version {FORMAT_VERSION})")
-    return manifest, arrays
 
 
 def _rebuild_backbone(manifest: dict, weights) -> Backbone:
