@@ -211,6 +211,48 @@ def merge(
     emit(result, as_json)
 
 
+@app.command()
+@user_errors
+def federate(
+    site: Annotated[list[str], typer.Option(help="NAME=FOLDER of a site's data (train/, test/); repeat per site.")],
+    rounds: Annotated[int, typer.Option(help="Exchange rounds.")] = 1,
+    workdir: Annotated[Path, typer.Option(help="Where sites keep their knowledge, and the logs.")] = Path("federation"),
+    learner: Annotated[str, typer.Option(help="fuzzy-artmap, slda or ncm.")] = "slda",
+    backbone: Annotated[str, typer.Option(help="torchvision model name.")] = "mobilenet_v2",
+    weights: Weights = None,
+    input_size: Annotated[int | None, typer.Option(help="Square input size.")] = None,
+    consolidate: Annotated[bool, typer.Option(help="Fuzzy ARTMAP: consolidate the merged knowledge.")] = False,
+    keys: Annotated[Path | None, typer.Option(help="Folder with <site>.key per site and server.key: sign.")] = None,
+    trust: Annotated[Path | None, typer.Option(help="Folder of trusted public keys: verify every package.")] = None,
+    as_json: Json = False,
+):
+    """Run a federation on this machine: a Flower SuperLink and one SuperNode process per site."""
+    from edgelearn.federation.deploy import federate as run_federation
+
+    sites = dict(_site_arg(s) for s in site)
+    config = {"learner": learner, "backbone": backbone, "weights": weights or "", "input-size": input_size or 0,
+              "consolidate": consolidate}
+    if keys is not None:
+        config["keys"] = {name: keys / f"{name}.key" for name in sites}
+        config["server-key"] = str((keys / "server.key").resolve())
+    if trust is not None:
+        config["trust-dir"] = str(trust.resolve())
+    history = run_federation(sites, workdir, rounds=rounds, config=config)
+    table = Table("round", "sites", "bytes sent per site", "merged bytes", "site accuracy")
+    for h in history:
+        accs = ", ".join(f"{m['accuracy']:.1%}" for m in h["site_metrics"] if "accuracy" in m)
+        table.add_row(str(h["round"]), str(h["sites"]), f"{max(h['bytes_sent_per_site']):,}",
+                      f"{h['bytes_merged']:,}", accs)
+    emit({"rounds": history, "workdir": str(workdir)}, as_json, table)
+
+
+def _site_arg(text: str) -> tuple[str, Path]:
+    name, sep, folder = text.partition("=")
+    if not sep or not name or not Path(folder).is_dir():
+        raise ValueError(f"--site takes NAME=FOLDER with an existing folder, got {text!r}")
+    return name, Path(folder)
+
+
 @keys_app.command("new")
 @user_errors
 def keys_new(

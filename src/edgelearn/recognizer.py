@@ -5,7 +5,6 @@ predictions can be rolled up to any level of that hierarchy. No training image i
 """
 
 import datetime as dt
-import hashlib
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -17,7 +16,7 @@ from PIL import Image
 from rich.progress import track
 
 from edgelearn.backbones import Backbone, build_backbone
-from edgelearn.data.cache import FeatureCache
+from edgelearn.data.cache import FeatureCache, content_hash
 from edgelearn.data.images import load_image, to_rgb
 from edgelearn.errors import IncompatibleError
 from edgelearn.knowledge import SiteKey, TrustStore, read_package, write_package
@@ -101,7 +100,7 @@ class Recognizer:
         """Embed image files, reusing ``cache`` for files whose bytes were embedded before."""
         self._require_backbone()
         out = np.zeros((len(paths), self.backbone.feature_dim), np.float32)
-        hashes = [_file_sha(p) for p in paths] if cache is not None else [""] * len(paths)
+        hashes = [content_hash(p) for p in paths] if cache is not None else [""] * len(paths)
         found = cache.get(hashes) if cache is not None else {}
         todo = [i for i, h in enumerate(hashes) if not h or h not in found]
         for i, h in enumerate(hashes):
@@ -273,12 +272,3 @@ def _check_label(label) -> str:
     if not label or any(not part.strip() for part in label.split("/")):
         raise ValueError(f"invalid label {label!r}: use a name or a concept path like 'car/wheel'")
     return label
-
-
-def _file_sha(path) -> str:
-    """Content hash of a file (a missing file hashes to '' and fails later, when decoded)."""
-    try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except OSError:
-        return ""

@@ -4,6 +4,7 @@ Re-running a benchmark or re-learning a folder does not re-embed images whose by
 are unchanged. Only feature vectors are stored, never images.
 """
 
+import hashlib
 import os
 import sqlite3
 from pathlib import Path
@@ -15,6 +16,15 @@ CACHE_ENV = "EDGELEARN_CACHE"
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edgelearn")
+
+
+def content_hash(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes; '' for a file that cannot be read (it fails later, when decoded)."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return ""
 
 
 class FeatureCache:

@@ -1,0 +1,139 @@
+"""Run a federation as real processes on this machine: one Flower SuperLink, one SuperNode per site.
+
+This is Flower's deployment runtime, the same one that spans machines (give each SuperNode the
+SuperLink's address instead of loopback). ``edgelearn federate`` calls :func:`federate`.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+APP_TOML = """\
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "edgelearn-federation"
+version = "1.0.0"
+description = "edgelearn: sites exchange knowledge packages"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "edgelearn"
+
+[tool.flwr.app.components]
+serverapp = "edgelearn.federation.server_app:app"
+clientapp = "edgelearn.federation.client_app:app"
+
+[tool.flwr.app.config]
+num-rounds = 1
+min-sites = 2
+consolidate = false
+backbone = "mobilenet_v2"
+learner = "slda"
+weights = ""
+input-size = 0
+trust-dir = ""
+server-key = ""
+output = ""
+workdir = "federation"
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _toml_value(value) -> str:
+    """A config value as Flower's ``k=v`` overrides expect it (TOML: quoted strings, lower-case bools)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def federate(sites: dict[str, Path], workdir: Path, *, rounds: int = 1, config: dict | None = None,
+             timeout: float = 600.0) -> list[dict]:
+    """Start a SuperLink and one SuperNode per site on loopback, run the rounds, return the history.
+
+    ``sites`` maps a site name to its data folder (``train/`` and optionally ``test/``); each site
+    keeps its knowledge under ``workdir/<site>``. ``config``: backbone, learner, weights, input-size,
+    consolidate, trust-dir, server-key; per-site signing keys are read from ``config["keys"][site]``.
+    """
+    workdir = Path(workdir).resolve()
+    app_dir, home = workdir / "app", workdir / "flwr-home"
+    app_dir.mkdir(parents=True, exist_ok=True)
+    home.mkdir(exist_ok=True)
+    (app_dir / "pyproject.toml").write_text(APP_TOML)
+    link = _free_port()  # Flower 1.41 serves its Fleet, Control and Runtime APIs on one HTTP port
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{link}"\ninsecure = true\n')
+    # the SuperLink and SuperNodes start Flower's helper commands by name: put this env's first
+    env = {**os.environ, "FLWR_HOME": str(home),
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    config = dict(config or {})
+    keys = config.pop("keys", {})
+    output = workdir / "history.json"
+    output.unlink(missing_ok=True)
+    logs = workdir / "logs"
+    logs.mkdir(exist_ok=True)
+    procs = []
+    try:
+        procs.append(_start([_bin("flower-superlink"), "--insecure", "--port", str(link),
+                             "--database", str(workdir / "superlink.db")], logs / "superlink.log", env))
+        _wait_for_port(link, timeout=60)
+        for name, data in sites.items():
+            node = {"site": name, "data": str(Path(data).resolve()), "workdir": str(workdir / name)}
+            if name in keys:
+                node["key"] = str(Path(keys[name]).resolve())
+            if config.get("trust-dir"):
+                node["trust"] = str(Path(config["trust-dir"]).resolve())
+            node_config = " ".join(f"{k}={_toml_value(v)}" for k, v in node.items())
+            procs.append(_start([_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
+                                 "--port", str(_free_port()), "--node-config", node_config],
+                                logs / f"supernode-{name}.log", env))
+        run_config = {"num-rounds": rounds, "min-sites": len(sites), "output": str(output),
+                      "workdir": str(workdir), **config}
+        overrides = " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items())
+        subprocess.run([_bin("flwr"), "run", str(app_dir), "local", "--run-config", overrides],
+                       env=env, check=True, capture_output=True, text=True, timeout=120)
+        deadline = time.monotonic() + timeout
+        while not output.is_file():
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"the federation did not finish; see the logs in {logs}")
+            time.sleep(0.5)
+        return json.loads(output.read_text())
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _start(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
+    handle = open(log, "w")  # noqa: SIM115 - lives as long as the process
+    return subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _wait_for_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
