@@ -158,6 +158,21 @@ def run_rounds(features, seeds, n_sites=5, n_rounds=3):
     return rows
 
 
+def package_sizes(features):
+    """File size of one site's package holding all 10 imagenette classes (FAM consolidated)."""
+    feats = features["imagenette"]
+    Xall, yall, _ = feats["train"]
+    idx = common.per_class_indices(yall, 100, 0)
+    sizes = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        exchange = Exchange(Path(tmp))
+        for kind in LEARNERS:
+            rec = Recognizer(None, make_learner(kind), fingerprint=feats["fingerprint"])
+            rec.learn_features(Xall[idx], yall[idx]).consolidate()
+            sizes[kind] = exchange.send(rec, kind)[1]
+    return sizes
+
+
 def merge_speed(features, n_packages=100):
     """Time to read, verify and merge 100 signed packages (each site: one class, 10 images)."""
     feats = features["imagenette"]
@@ -180,7 +195,7 @@ def merge_speed(features, n_packages=100):
     return out
 
 
-def markdown(results, rounds, speed, seeds, command):
+def markdown(results, rounds, speed, sizes, seeds, command):
     lines = [f"# Sites: learning apart, knowing together\n\n`{command}` — {len(seeds)} seeds, {SIZE} px, "
              "100 train images per class, accuracy % on all test images (mean ± std). 'single site' = one "
              "device learning every class in class-incremental steps (Table 3's reference).\n"]
@@ -212,6 +227,10 @@ def markdown(results, rounds, speed, seeds, command):
             lines.append(f"| {kind} | {r} | {100 * np.mean([x['accuracy'] for x in rows]):.2f} | "
                          f"{100 * np.mean([x['central'] for x in rows]):.2f} | "
                          f"{np.mean([x['bytes_per_site'] for x in rows]):,.0f} |")
+    lines.append("\n## One site's signed package with all 10 imagenette classes (consolidated)\n")
+    lines.append("| learner | bytes | MB (2^20) |\n|---|---:|---:|")
+    for kind, size in sizes.items():
+        lines.append(f"| {kind} | {size:,} | {size / 2**20:.3f} |")
     lines.append("\n## Merging 100 signed packages (read + verify + merge)\n")
     lines.append("| learner | seconds | classes |\n|---|---:|---:|")
     for kind, s in speed.items():
@@ -256,7 +275,8 @@ def main():
     run_table(features, seeds, results)
     rounds = run_rounds(features, seeds)
     speed = merge_speed(features)
-    summary = {}
+    sizes = package_sizes(features)
+    summary = {f"package_bytes_10_classes_{k}": float(v) for k, v in sizes.items()}
     for kind in LEARNERS:
         for cons in ((False, True) if kind == "fuzzy_artmap" else (False,)):
             label = kind + ("_consolidated" if cons else "")
@@ -272,8 +292,9 @@ def main():
     config = {"datasets": DATASETS, "input_size": SIZE, "train_per_class": 100, "sites": SITES, "seeds": seeds,
               "weights": args.weights, "data": str(args.data), "command": command,
               "learners": {k: make_learner(k).get_params() for k in LEARNERS}}
-    common.write_results("sites", summary, config, {"table": results, "rounds": rounds, "merge_speed": speed},
-                         markdown(results, rounds, speed, seeds, command))
+    common.write_results("sites", summary, config,
+                         {"table": results, "rounds": rounds, "merge_speed": speed, "package_bytes": sizes},
+                         markdown(results, rounds, speed, sizes, seeds, command))
     plot(results)
     for k, v in summary.items():
         print(f"{k}: {v:.4f}")

@@ -224,6 +224,8 @@ def federate(
     consolidate: Annotated[bool, typer.Option(help="Fuzzy ARTMAP: consolidate the merged knowledge.")] = False,
     keys: Annotated[Path | None, typer.Option(help="Folder with <site>.key per site and server.key: sign.")] = None,
     trust: Annotated[Path | None, typer.Option(help="Folder of trusted public keys: verify every package.")] = None,
+    tls: Annotated[bool, typer.Option(help="TLS on every connection (a private CA for loopback).")] = False,
+    node_auth: Annotated[bool, typer.Option(help="Only registered SuperNodes may connect (needs --tls).")] = False,
     as_json: Json = False,
 ):
     """Run a federation on this machine: a Flower SuperLink and one SuperNode process per site."""
@@ -237,7 +239,7 @@ def federate(
         config["server-key"] = str((keys / "server.key").resolve())
     if trust is not None:
         config["trust-dir"] = str(trust.resolve())
-    history = run_federation(sites, workdir, rounds=rounds, config=config)
+    history = run_federation(sites, workdir, rounds=rounds, config=config, tls=tls, node_auth=node_auth)
     table = Table("round", "sites", "bytes sent per site", "merged bytes", "site accuracy")
     for h in history:
         accs = ", ".join(f"{m['accuracy']:.1%}" for m in h["site_metrics"] if "accuracy" in m)

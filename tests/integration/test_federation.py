@@ -53,8 +53,9 @@ def test_simulation_runtime(sites, tmp_path):
     assert_every_site_knows_everything(sites, tmp_path / "work")
 
 
-def test_deployment_with_signed_packages(sites, tmp_path):
-    """A SuperLink and two SuperNodes as separate processes; every package signed and checked."""
+def test_deployment_with_tls_node_auth_and_signed_packages(sites, tmp_path):
+    """A SuperLink and two SuperNodes as separate processes on loopback, over TLS, only registered
+    SuperNodes admitted, every package signed and checked."""
     from edgelearn.federation.deploy import federate
 
     keys, trust = tmp_path / "keys", tmp_path / "trust"
@@ -64,8 +65,16 @@ def test_deployment_with_signed_packages(sites, tmp_path):
         (trust / public.name).write_bytes(public.read_bytes())
     config = {**CONFIG, "keys": {s: keys / f"{s}.key" for s in sites}, "server-key": str(keys / "server.key"),
               "trust-dir": str(trust)}
-    history = federate(sites, tmp_path / "work", rounds=2, config=config, timeout=300)
+    history = federate(sites, tmp_path / "work", rounds=2, config=config, tls=True, node_auth=True, timeout=300)
     assert [h["sites"] for h in history] == [2, 2]
     assert all(m["classes"] == 4 and m["accuracy"] == 1.0 for h in history for m in h["site_metrics"])
     assert all(b > 0 for h in history for b in h["bytes_sent_per_site"])
     assert_every_site_knows_everything(sites, tmp_path / "work")
+    assert "https://127.0.0.1" in (tmp_path / "work" / "logs" / "superlink.log").read_text()
+
+
+def test_node_auth_without_tls_is_refused(sites, tmp_path):
+    from edgelearn.federation.deploy import federate
+
+    with pytest.raises(ValueError, match="needs TLS"):
+        federate(sites, tmp_path / "work", node_auth=True)

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from edgelearn.federation.tls import make_certificates, make_node_key
+
 APP_TOML = """\
 [build-system]
 requires = ["hatchling"]
@@ -64,21 +66,33 @@ def _bin(name: str) -> str:
 
 
 def federate(sites: dict[str, Path], workdir: Path, *, rounds: int = 1, config: dict | None = None,
-             timeout: float = 600.0) -> list[dict]:
+             tls: bool = False, node_auth: bool = False, timeout: float = 600.0) -> list[dict]:
     """Start a SuperLink and one SuperNode per site on loopback, run the rounds, return the history.
 
     ``sites`` maps a site name to its data folder (``train/`` and optionally ``test/``); each site
     keeps its knowledge under ``workdir/<site>``. ``config``: backbone, learner, weights, input-size,
     consolidate, trust-dir, server-key; per-site signing keys are read from ``config["keys"][site]``.
+    ``tls``: a private CA and a SuperLink certificate for loopback; every connection is then TLS.
+    ``node_auth`` (needs ``tls``): only SuperNodes whose public keys were registered may connect.
     """
+    if node_auth and not tls:
+        raise ValueError("node authentication needs TLS (tls=True / --tls)")
     workdir = Path(workdir).resolve()
     app_dir, home = workdir / "app", workdir / "flwr-home"
     app_dir.mkdir(parents=True, exist_ok=True)
     home.mkdir(exist_ok=True)
     (app_dir / "pyproject.toml").write_text(APP_TOML)
     link = _free_port()  # Flower 1.41 serves its Fleet, Control and Runtime APIs on one HTTP port
+    if tls:
+        certs = make_certificates(workdir / "tls")
+        link_security = ["--ssl-certfile", str(certs["cert"]), "--ssl-keyfile", str(certs["key"]),
+                         "--ssl-ca-certfile", str(certs["ca"])]
+        node_security = ["--root-certificates", str(certs["ca"])]
+        connection = f'root-certificates = "{certs["ca"]}"'
+    else:
+        link_security, node_security, connection = ["--insecure"], ["--insecure"], "insecure = true"
     (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{link}"\ninsecure = true\n')
+        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{link}"\n{connection}\n')
     # the SuperLink and SuperNodes start Flower's helper commands by name: put this env's first
     env = {**os.environ, "FLWR_HOME": str(home),
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
@@ -90,9 +104,15 @@ def federate(sites: dict[str, Path], workdir: Path, *, rounds: int = 1, config: 
     logs.mkdir(exist_ok=True)
     procs = []
     try:
-        procs.append(_start([_bin("flower-superlink"), "--insecure", "--port", str(link),
+        auth = ["--enable-supernode-auth"] if node_auth else []
+        procs.append(_start([_bin("flower-superlink"), *link_security, *auth, "--port", str(link),
                              "--database", str(workdir / "superlink.db")], logs / "superlink.log", env))
         _wait_for_port(link, timeout=60)
+        node_keys = {}
+        for name in sites if node_auth else ():
+            node_keys[name], public = make_node_key(workdir / "node-keys", name)
+            subprocess.run([_bin("flwr"), "supernode", "register", str(public), "local"], env=env, check=True,
+                           capture_output=True, text=True, timeout=60)
         for name, data in sites.items():
             node = {"site": name, "data": str(Path(data).resolve()), "workdir": str(workdir / name)}
             if name in keys:
@@ -100,8 +120,10 @@ def federate(sites: dict[str, Path], workdir: Path, *, rounds: int = 1, config: 
             if config.get("trust-dir"):
                 node["trust"] = str(Path(config["trust-dir"]).resolve())
             node_config = " ".join(f"{k}={_toml_value(v)}" for k, v in node.items())
-            procs.append(_start([_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
-                                 "--port", str(_free_port()), "--node-config", node_config],
+            identity = ["--auth-supernode-private-key", str(node_keys[name])] if name in node_keys else []
+            procs.append(_start([_bin("flower-supernode"), *node_security, *identity,
+                                 "--superlink", f"127.0.0.1:{link}", "--port", str(_free_port()),
+                                 "--node-config", node_config],
                                 logs / f"supernode-{name}.log", env))
         run_config = {"num-rounds": rounds, "min-sites": len(sites), "output": str(output),
                       "workdir": str(workdir), **config}
