@@ -10,6 +10,7 @@ Writes benchmarks/results/sites.{json,md} and a plot.
 """
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -195,7 +196,46 @@ def merge_speed(features, n_packages=100):
     return out
 
 
-def markdown(results, rounds, speed, sizes, seeds, command):
+def flower_simulation(data_root: Path, weights: str, n_sites: int = 10, learner: str = "ncm", seed: int = 0):
+    """The paper's setting through Flower's simulation runtime: each site a virtual SuperNode with its
+    own image folder (its classes, 100 images each), one exchange round, every site tested on all classes."""
+    from flwr.simulation import run_simulation
+
+    from edgelearn.data import FolderDataset
+    from edgelearn.federation.client_app import create_client_app
+    from edgelearn.federation.server_app import create_server_app
+
+    train = FolderDataset.scan(data_root / "imagenette", "train")
+    test = FolderDataset.scan(data_root / "imagenette", "test")
+    labels = np.array(train.labels, dtype=object)
+    idx = common.per_class_indices(labels, 100, seed)
+    owner = by_classes(labels[idx], n_sites, np.random.default_rng(seed))
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = []
+        for s in range(n_sites):  # a site's folder: symlinks to its own training images, all test images
+            root = Path(tmp) / f"site{s}"
+            for i in idx[owner == s]:
+                (root / "train" / labels[i]).mkdir(parents=True, exist_ok=True)
+                (root / "train" / labels[i] / train.paths[i].name).symlink_to(train.paths[i])
+            for path, label in zip(test.paths, test.labels, strict=True):
+                (root / "test" / label).mkdir(parents=True, exist_ok=True)
+                (root / "test" / label / path.name).symlink_to(path)
+            folders.append(str(root))
+        config = {"site-data": ",".join(folders), "workdir": f"{tmp}/work", "backbone": "mobilenet_v2",
+                  "weights": weights, "input-size": SIZE, "learner": learner, "num-rounds": 1,
+                  "min-sites": n_sites, "output": f"{tmp}/history.json"}
+        t0 = time.perf_counter()
+        run_simulation(create_server_app(config), create_client_app(config), num_supernodes=n_sites,
+                       backend_config={"client_resources": {"num_cpus": 1}})
+        seconds = time.perf_counter() - t0
+        history = json.loads(Path(config["output"]).read_text())
+    accs = [m["accuracy"] for m in history[0]["site_metrics"]]
+    return {"learner": learner, "sites": n_sites, "seed": seed, "seconds": seconds, "site_accuracy": accs,
+            "bytes_sent_per_site": float(np.mean(history[0]["bytes_sent_per_site"])),
+            "bytes_merged": history[0]["bytes_merged"]}
+
+
+def markdown(results, rounds, speed, sizes, flower, seeds, command):
     lines = [f"# Sites: learning apart, knowing together\n\n`{command}` — {len(seeds)} seeds, {SIZE} px, "
              "100 train images per class, accuracy % on all test images (mean ± std). 'single site' = one "
              "device learning every class in class-incremental steps (Table 3's reference).\n"]
@@ -227,6 +267,14 @@ def markdown(results, rounds, speed, sizes, seeds, command):
             lines.append(f"| {kind} | {r} | {100 * np.mean([x['accuracy'] for x in rows]):.2f} | "
                          f"{100 * np.mean([x['central'] for x in rows]):.2f} | "
                          f"{np.mean([x['bytes_per_site'] for x in rows]):,.0f} |")
+    if flower:
+        lines.append("\n## Through Flower's simulation runtime (imagenette, 96 px, 10 sites, one round, seed 0)\n")
+        lines.append("| learner | accuracy at every site (%) | bytes sent per site | merged bytes | seconds |")
+        lines.append("|---|---|---:|---:|---:|")
+        for f in flower:
+            accs = ", ".join(f"{100 * a:.1f}" for a in f["site_accuracy"])
+            lines.append(f"| {f['learner']} | {accs} | {f['bytes_sent_per_site']:,.0f} | {f['bytes_merged']:,} "
+                         f"| {f['seconds']:.0f} |")
     lines.append("\n## One site's signed package with all 10 imagenette classes (consolidated)\n")
     lines.append("| learner | bytes | MB (2^20) |\n|---|---:|---:|")
     for kind, size in sizes.items():
@@ -266,9 +314,10 @@ def main():
     parser.add_argument("--weights", default=common.default_weights())
     parser.add_argument("--data", type=Path, default=common.SHARED / "data",
                         help="folder holding imagenette/ and neu_cls/ (each with train/ and test/)")
+    parser.add_argument("--flower", action="store_true", help="also run 10 sites through Flower's simulation")
     args = parser.parse_args()
     seeds = list(range(args.seeds))
-    command = f"python benchmarks/sites.py --seeds {args.seeds}"
+    command = f"python benchmarks/sites.py --seeds {args.seeds}" + (" --flower" if args.flower else "")
     print(f"{command}\nenv: {common.environment()}", flush=True)
     features = {ds: common.dataset_features(ds, SIZE, args.weights, args.data) for ds in DATASETS}
     results = []
@@ -276,6 +325,7 @@ def main():
     rounds = run_rounds(features, seeds)
     speed = merge_speed(features)
     sizes = package_sizes(features)
+    flower = [flower_simulation(args.data, args.weights, learner=k) for k in LEARNERS] if args.flower else []
     summary = {f"package_bytes_10_classes_{k}": float(v) for k, v in sizes.items()}
     for kind in LEARNERS:
         for cons in ((False, True) if kind == "fuzzy_artmap" else (False,)):
@@ -293,8 +343,9 @@ def main():
               "weights": args.weights, "data": str(args.data), "command": command,
               "learners": {k: make_learner(k).get_params() for k in LEARNERS}}
     common.write_results("sites", summary, config,
-                         {"table": results, "rounds": rounds, "merge_speed": speed, "package_bytes": sizes},
-                         markdown(results, rounds, speed, sizes, seeds, command))
+                         {"table": results, "rounds": rounds, "merge_speed": speed, "package_bytes": sizes,
+                          "flower": flower},
+                         markdown(results, rounds, speed, sizes, flower, seeds, command))
     plot(results)
     for k, v in summary.items():
         print(f"{k}: {v:.4f}")

@@ -1,4 +1,4 @@
-"""`edgelearn` command line: learn, predict, evaluate, consolidate, info, demo.
+"""`edgelearn` command line: learn, predict, evaluate, consolidate, info, demo, merge, federate, keys.
 
 Every reporting command takes ``--json`` (one JSON object on stdout, progress on stderr).
 Exit codes: 0 success, 1 a user error (one line on stderr), 2 a usage error (Typer's own).

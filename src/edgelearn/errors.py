@@ -35,3 +35,7 @@ class NotFittedError(EdgelearnError, ValueError):
 
 class SignatureError(EdgelearnError):
     """A package's signature is missing, wrong, or made by a site we do not trust."""
+
+
+class FederationError(EdgelearnError, RuntimeError):
+    """A federation could not start or finish (a process died, a site did not connect in time)."""

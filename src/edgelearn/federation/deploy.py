@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from edgelearn.errors import FederationError
 from edgelearn.federation.tls import make_certificates, make_node_key
 
 APP_TOML = """\
@@ -111,8 +112,10 @@ def federate(sites: dict[str, Path], workdir: Path, *, rounds: int = 1, config: 
         node_keys = {}
         for name in sites if node_auth else ():
             node_keys[name], public = make_node_key(workdir / "node-keys", name)
-            subprocess.run([_bin("flwr"), "supernode", "register", str(public), "local"], env=env, check=True,
-                           capture_output=True, text=True, timeout=60)
+            registered = subprocess.run([_bin("flwr"), "supernode", "register", str(public), "local"], env=env,
+                                        capture_output=True, text=True, timeout=60)
+            if registered.returncode != 0:
+                raise FederationError(f"could not register SuperNode {name}: {registered.stdout[-300:]}")
         for name, data in sites.items():
             node = {"site": name, "data": str(Path(data).resolve()), "workdir": str(workdir / name)}
             if name in keys:
@@ -128,12 +131,14 @@ def federate(sites: dict[str, Path], workdir: Path, *, rounds: int = 1, config: 
         run_config = {"num-rounds": rounds, "min-sites": len(sites), "output": str(output),
                       "workdir": str(workdir), **config}
         overrides = " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items())
-        subprocess.run([_bin("flwr"), "run", str(app_dir), "local", "--run-config", overrides],
-                       env=env, check=True, capture_output=True, text=True, timeout=120)
+        started = subprocess.run([_bin("flwr"), "run", str(app_dir), "local", "--run-config", overrides],
+                                 env=env, capture_output=True, text=True, timeout=120)
+        if started.returncode != 0:
+            raise FederationError(f"flwr run failed: {(started.stderr or started.stdout).strip()[-500:]}")
         deadline = time.monotonic() + timeout
         while not output.is_file():
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                raise RuntimeError(f"the federation did not finish; see the logs in {logs}")
+                raise FederationError(f"the federation did not finish; see the logs in {logs}")
             time.sleep(0.5)
         return json.loads(output.read_text())
     finally:
@@ -158,4 +163,4 @@ def _wait_for_port(port: int, timeout: float) -> None:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.3)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+    raise FederationError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")

@@ -8,6 +8,7 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from edgelearn.errors import FederationError
 from edgelearn.knowledge import SiteKey, TrustStore
 from edgelearn.recognizer import Recognizer
 
@@ -31,7 +32,7 @@ def wait_for_nodes(grid: Grid, count: int, timeout: float = 120.0) -> list[int]:
     deadline = time.monotonic() + timeout
     while len(nodes := list(grid.get_node_ids())) < count:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"only {len(nodes)} of {count} sites connected within {timeout:.0f} s")
+            raise FederationError(f"only {len(nodes)} of {count} sites connected within {timeout:.0f} s")
         time.sleep(0.5)
     return nodes
 
@@ -58,7 +59,7 @@ def run(cfg: dict, grid: Grid) -> list[dict]:
                        message_type=MessageType.TRAIN) for n in nodes]
         replies = [r for r in grid.send_and_receive(ask) if not r.has_error()]
         if not replies:
-            raise RuntimeError(f"round {rnd}: no site answered")
+            raise FederationError(f"round {rnd}: no site answered")
         packages = [r.content["knowledge"]["package"] for r in replies]
         merged = merge_packages(packages, trust=trust, consolidate=bool(cfg.get("consolidate", False)), key=key)
         give = [Message(RecordDict({"knowledge": ConfigRecord({"package": merged})}), dst_node_id=n,
