@@ -1,5 +1,6 @@
 """Shared benchmark helpers: environment record, cached features of the shared data sets, output files."""
 
+import argparse
 import json
 import os
 import platform
@@ -70,3 +71,23 @@ def write_results(name: str, summary: dict, config: dict, results, markdown: str
     path.write_text(json.dumps(payload, indent=1, default=float))
     (RESULTS / f"{name}.md").write_text(markdown)
     return path
+
+
+def argument_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every benchmark shares: seeds, weights, and where the data sets are."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--weights", default=default_weights())
+    parser.add_argument("--data", type=Path, default=SHARED / "data",
+                        help="folder holding imagenette/ and neu_cls/ (each with train/ and test/)")
+    return parser
+
+
+def save_figure(fig, ax, name: str) -> None:
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(RESULTS / name, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

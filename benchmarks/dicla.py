@@ -10,7 +10,6 @@ shared MobileNetV2 weights (TF-SAME padding) and are cached on disk after the fi
 Writes benchmarks/results/dicla.{json,md} and PNG plots.
 """
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -349,19 +348,11 @@ def plots(results):
             ax.plot(range(1, reps.shape[1] + 1), reps.mean(0), marker="o", label=f"{ds} {size}px")
     ax.set(title="Fuzzy ARTMAP representations per class (no consolidation)", xlabel="incremental step",
            ylabel="representations / class")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(common.RESULTS / "dicla_representations.png", dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, ax, "dicla_representations.png")
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--weights", default=common.default_weights())
-    parser.add_argument("--data", type=Path, default=common.SHARED / "data",
-                        help="folder holding imagenette/ and neu_cls/ (each with train/ and test/)")
+    parser = common.argument_parser(__doc__)
     args = parser.parse_args()
     seeds = list(range(args.seeds))
     command = f"python benchmarks/dicla.py --seeds {args.seeds}"

@@ -9,7 +9,6 @@ exchange rounds, bytes per package, and the time to merge 100 packages.
 Writes benchmarks/results/sites.{json,md} and a plot.
 """
 
-import argparse
 import json
 import sys
 import tempfile
@@ -301,19 +300,11 @@ def plot(results):
     ax.plot(SITES, [PAPER[n][0] for n in SITES], "k--", label="paper (Fuzzy ARTMAP)")
     ax.set(xlabel="sites", ylabel="accuracy after one exchange (%)", title="imagenette, 96 px", xscale="log")
     ax.set_xticks(SITES, [str(n) for n in SITES])
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(common.RESULTS / "sites.png", dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, ax, "sites.png")
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--weights", default=common.default_weights())
-    parser.add_argument("--data", type=Path, default=common.SHARED / "data",
-                        help="folder holding imagenette/ and neu_cls/ (each with train/ and test/)")
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--flower", action="store_true", help="also run 10 sites through Flower's simulation")
     args = parser.parse_args()
     seeds = list(range(args.seeds))
