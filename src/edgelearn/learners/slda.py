@@ -101,8 +101,26 @@ class StreamingLDA(Learner):
         other._flush()
         self._combine(index_map, other.counts_, other.means_, scatter_b=other.scatter_)
 
+    def state_dict(self) -> dict:
+        """The scatter matrix is symmetric: only its upper triangle travels (half the bytes)."""
+        state = super().state_dict()
+        if "arrays" in state:
+            upper = np.triu_indices(self.n_features_in_)
+            state["arrays"] = {**state["arrays"], "scatter_": self.scatter_[upper]}
+        return state
+
     def load_state_dict(self, state: dict) -> "StreamingLDA":
         self._pending, self._pending_rows = [], 0
+        arrays = state.get("arrays")
+        if arrays is not None:
+            d = int(state["n_features"])
+            packed = np.asarray(arrays["scatter_"], dtype=np.float64)
+            if packed.shape != (d * (d + 1) // 2,):
+                raise ValueError(f"scatter_ should hold {d * (d + 1) // 2} values for {d} features, "
+                                 f"got shape {packed.shape}")
+            scatter = np.zeros((d, d))
+            scatter[np.triu_indices(d)] = packed
+            state = {**state, "arrays": {**arrays, "scatter_": scatter + np.triu(scatter, 1).T}}
         return super().load_state_dict(state)
 
     def _invalidate(self) -> None:
