@@ -136,7 +136,7 @@ class Learner:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of learned state (the arrays a package would carry)."""
+        """Bytes of learned state held in memory (a package may carry fewer: SLDA sends half its scatter)."""
         if not hasattr(self, "classes_"):
             return 0
         return int(sum(getattr(self, name).nbytes for name in self._arrays))
