@@ -1,4 +1,5 @@
-"""`edgelearn` command line: learn, predict, evaluate, consolidate, info, demo, merge, federate, keys.
+"""`edgelearn` command line: serve, learn, predict, evaluate, calibrate, consolidate, info, demo, merge,
+federate, keys, representatives, frames.
 
 Every reporting command takes ``--json`` (one JSON object on stdout, progress on stderr).
 Exit codes: 0 success, 1 a user error (one line on stderr), 2 a usage error (Typer's own).
@@ -271,6 +272,144 @@ def keys_new(
     emit(result, as_json)
 
 
+@app.command()
+@user_errors
+def serve(
+    data: Annotated[Path, typer.Option(help="The station's folder: SQLite store and token.")] = Path("edgelearn-data"),
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: the whole network).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    token: Annotated[str | None, typer.Option(envvar="EDGELEARN_TOKEN", help="Write token (default: made on "
+                                              "first start, kept in DATA/token).")] = None,
+    backbone: Annotated[str, typer.Option(help="torchvision model name (fixed at the store's first start).")]
+    = "mobilenet_v2",
+    weights: Weights = None,
+    input_size: Annotated[int | None, typer.Option(help="Square input size (224 standard, 96 paper).")] = None,
+    learner: Annotated[str, typer.Option(help="fuzzy-artmap, slda or ncm (first start).")] = "slda",
+    keep_images: Annotated[bool, typer.Option(help="Keep thumbnails of taught images (representatives) and "
+                                              "of feedback and queued frames.")] = False,
+    representatives: Annotated[str, typer.Option(help="How representatives are matched: feature, phash, hist, "
+                                                 "ssim, ...")] = "feature",
+    unknown_below: Annotated[float, typer.Option(help="Say 'unknown' below this confidence.")] = 0.0,
+    queue_below: Annotated[float, typer.Option(help="Queue predictions below this confidence for labelling.")]
+    = 0.5,
+    trust: Annotated[Path | None, typer.Option(help="Folder of trusted public keys: imports must be signed.")]
+    = None,
+):
+    """Start the station: web page with camera, explanations and corrections, REST API (docs at /docs)."""
+    import uvicorn
+
+    from edgelearn.explain.representatives import get_similarity
+    from edgelearn.server import Station, StationConfig, create_app, station_token
+
+    if representatives != "feature":
+        get_similarity(representatives)  # an unknown method fails now, not at the first prediction
+    config = StationConfig(data, backbone, _default_weights(weights), input_size, learner.replace("-", "_"),
+                           keep_images, representatives=representatives, unknown_below=unknown_below,
+                           queue_below=queue_below, trust=trust)
+    write_token, new = station_token(data, token)
+    station = Station(config)
+    err.print(f"station store: {config.store_path} ({len(station.rec.classes)} classes, "
+              f"version {station.store.active_version})")
+    err.print(f"write token{' (new, kept in ' + str(data / 'token') + ')' if new else ''}: {write_token}")
+    err.print(f"open http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/ in a browser")
+    uvicorn.run(create_app(station, write_token), host=host, port=port, log_level="info",
+                timeout_graceful_shutdown=10)
+
+
+@app.command()
+@user_errors
+def calibrate(
+    model: Annotated[Path, typer.Argument(help="A saved model (.edge).")],
+    dataset: Annotated[Path, typer.Argument(help="Labelled images NOT used for learning (its test/ split if any).")],
+    weights: Weights = None,
+    no_cache: NoCache = False,
+    as_json: Json = False,
+):
+    """Fit the confidence temperature on held-out images, so that 80 % confidence means 80 % right."""
+    rec = Recognizer.load(model, weights=weights)
+    train, test = FolderDataset.splits(dataset)
+    ds = test or train
+    X = _embed(rec, ds, no_cache)
+    before = evaluate_features(rec, X, ds.labels)["ece"]
+    temperature = rec.calibrate(X, ds.labels)
+    after = evaluate_features(rec, X, ds.labels)["ece"]
+    result = {"temperature": temperature, "ece_before": before, "ece_after": after, "n": len(ds), "model": str(model)}
+    rec.save(model)
+    if not as_json:
+        out.print(f"{model}: temperature {temperature:.3g}; expected calibration error "
+                  f"{before:.1%} -> {result['ece_after']:.1%} on {len(ds)} images")
+    emit(result, as_json)
+
+
+@app.command()
+@user_errors
+def representatives(
+    dataset: Annotated[Path, typer.Argument(help="Folder data set: <class>/<sub...>/*.jpg.")],
+    per_class: Annotated[int, typer.Option(help="Representatives per class.")] = 5,
+    method: Annotated[str, typer.Option(help="phash, ahash, dhash, whash, colorhash, hist, hist_chisqr, "
+                                       "hist_intersect, hist_bhattacharyya, ssim, mse or feature.")] = "phash",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Copy them into OUTPUT/<class>/.")] = None,
+    max_candidates: Annotated[int, typer.Option(help="Compare at most this many images per class (seeded draw).")]
+    = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the draw.")] = 0,
+    weights: Weights = None,
+    as_json: Json = False,
+):
+    """Pick a few diverse, typical images per class (the most typical first, then the most different)."""
+    import shutil
+
+    from edgelearn.data.images import load_image
+    from edgelearn.explain import get_similarity, pick_diverse
+    from edgelearn.explain.representatives import distance_matrix
+
+    ds = FolderDataset.scan(dataset).sample_per_class(max_candidates, seed)
+    embed = None
+    if method == "feature":
+        rec = Recognizer.create(learner="ncm", weights=_default_weights(weights))
+        embed = lambda image: rec.embed([image])[0]  # noqa: E731
+    similarity = get_similarity(method, embed)
+    chosen: dict[str, list[str]] = {}
+    for c in ds.classes:
+        paths = [p for p, label in zip(ds.paths, ds.labels, strict=True) if label == c]
+        signatures = [similarity.signature(load_image(p)) for p in paths]
+        chosen[c] = [str(paths[i]) for i in pick_diverse(distance_matrix(signatures, similarity), per_class)]
+        if output is not None:
+            (output / c).mkdir(parents=True, exist_ok=True)
+            for p in chosen[c]:
+                shutil.copy2(p, output / c / Path(p).name)
+    table = Table("class", "representatives")
+    for c, paths in chosen.items():
+        table.add_row(c, ", ".join(Path(p).name for p in paths))
+    emit({"method": similarity.name, "per_class": per_class, "representatives": chosen}, as_json, table)
+
+
+@app.command()
+@user_errors
+def frames(
+    videos: Annotated[Path, typer.Argument(help="Folder of clips sorted by concept: <concept>/<clip>.mp4.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Image data set to write.")],
+    every: Annotated[int, typer.Option(help="Keep every n-th frame.")] = 10,
+    dedupe: Annotated[str, typer.Option(help="phash (drop near-duplicate frames) or none.")] = "phash",
+    max_distance: Annotated[int, typer.Option(help="phash bits within which frames count as duplicates.")] = 4,
+    as_json: Json = False,
+):
+    """Turn short videos into a labelled image data set (one folder per concept)."""
+    from edgelearn.data.frames import extract_dataset
+
+    if dedupe not in ("phash", "none"):
+        raise ValueError(f"--dedupe must be phash or none, got {dedupe!r}")
+    written = extract_dataset(videos, output, every=every, max_distance=max_distance if dedupe == "phash" else None)
+    table = Table("concept", "frames")
+    for c, n in written.items():
+        table.add_row(c, str(n))
+    emit({"output": str(output), "frames": written, "total": sum(written.values())}, as_json, table)
+
+
+def _default_weights(weights: str | None) -> str | None:
+    """The shared ImageNet MobileNetV2 file when nothing else is given and it is there (this checkout)."""
+    return str(DEMO_WEIGHTS) if weights is None and DEMO_WEIGHTS.is_file() else weights
+
+
 def _key(path: Path | None) -> SiteKey | None:
     return SiteKey.load(path) if path is not None else None
 
@@ -302,8 +441,7 @@ def demo(
     as_json: Json = False,
 ):
     """The main job on an embedded default: learn imagenette class by class, evaluate, save."""
-    if weights is None and DEMO_WEIGHTS.is_file():
-        weights = str(DEMO_WEIGHTS)
+    weights = _default_weights(weights)
     if not dataset.is_dir():
         raise ValueError(f"demo data set not found at {dataset}; give a folder data set as argument")
     result = _learn(dataset, learner, steps, 100, 0, "none", "mobilenet_v2", weights, None, False)

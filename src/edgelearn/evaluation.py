@@ -5,6 +5,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from edgelearn.data.streams import class_incremental_steps
+from edgelearn.explain.calibration import expected_calibration_error
 from edgelearn.recognizer import Recognizer, concept_prefix
 
 CONSOLIDATION = ("none", "after_each_step", "final")
@@ -12,7 +13,8 @@ CONSOLIDATION = ("none", "after_each_step", "final")
 
 def evaluate_features(recognizer: Recognizer, features: np.ndarray, labels: Sequence[str], *,
                       top_k: int = 5, level: int | None = None) -> dict:
-    """Top-1 and top-k accuracy, overall and per class, of ``recognizer`` on labelled features.
+    """Top-1 and top-k accuracy, overall and per class, and the expected calibration error of the
+    top-1 confidence, of ``recognizer`` on labelled features.
 
     Labels the recognizer never learned count as errors (they are in the per-class table too).
     """
@@ -27,7 +29,7 @@ def evaluate_features(recognizer: Recognizer, features: np.ndarray, labels: Sequ
         m = truth == c
         per_class[c] = {"n": int(m.sum()), "accuracy": float(hit1[m].mean()), f"top{top_k}": float(hitk[m].mean())}
     return {"accuracy": float(hit1.mean()), f"top{top_k}": float(hitk.mean()), "n": int(len(truth)),
-            "per_class": per_class}
+            "ece": expected_calibration_error(proba, hit1), "per_class": per_class}
 
 
 def learn_stream(recognizer: Recognizer, features: np.ndarray, labels: Sequence[str], *, n_steps: int = 1,

@@ -40,10 +40,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def write_container(path: str | os.PathLike, manifest: dict, arrays: dict[str, np.ndarray]) -> None:
-    """Save ``manifest`` (JSON-able) and ``arrays`` as one safetensors file, atomically."""
+def container_bytes(manifest: dict, arrays: dict[str, np.ndarray]) -> bytes:
+    """``manifest`` (JSON-able) and ``arrays`` as the bytes of one safetensors file."""
     tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    atomic_write_bytes(path, st_save(tensors, metadata={MANIFEST_KEY: json.dumps(manifest)}))
+    return st_save(tensors, metadata={MANIFEST_KEY: json.dumps(manifest)})
 
 
 def read_container(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
@@ -53,7 +53,13 @@ def read_container(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]
         raise ModelFileError(f"{path}: no such file")
     if path.stat().st_size > MAX_FILE_BYTES:
         raise ModelFileError(f"{path}: larger than {MAX_FILE_BYTES // 2**30} GiB, refusing to read it")
-    data = path.read_bytes()
+    return parse_container(path.read_bytes(), path)
+
+
+def parse_container(data: bytes, path) -> tuple[dict, dict[str, np.ndarray]]:
+    """Parse the bytes of a container; ``path`` names it in error messages."""
+    if len(data) > MAX_FILE_BYTES:
+        raise ModelFileError(f"{path}: larger than {MAX_FILE_BYTES // 2**30} GiB, refusing to read it")
     try:
         arrays = st_load(data)
         header_len = int.from_bytes(data[:8], "little")

@@ -19,15 +19,19 @@ from edgelearn.backbones import Backbone, build_backbone
 from edgelearn.data.cache import FeatureCache, content_hash
 from edgelearn.data.images import load_image, to_rgb
 from edgelearn.errors import IncompatibleError
-from edgelearn.knowledge import SiteKey, TrustStore, read_package, write_package
+from edgelearn.explain.calibration import fit_temperature
+from edgelearn.files import atomic_write_bytes
+from edgelearn.knowledge import SiteKey, TrustStore, package_bytes, parse_package, read_package
 from edgelearn.learners import Learner, learner_from_state, make_learner
+from edgelearn.learners.base import softmax
 
 ImageLike = Image.Image | str | os.PathLike | bytes
 
 
 @dataclass
 class Prediction:
-    """One decision: the label (``None`` = unknown), its probability, and the next-best classes."""
+    """One decision: the label, its probability, and the next-best classes. ``label=None`` means
+    unknown (the best class is below the threshold); then ``alternatives`` start with that class."""
 
     label: str | None
     confidence: float
@@ -72,11 +76,13 @@ class Recognizer:
     """
 
     def __init__(self, backbone: Backbone | None, learner: Learner, *, examples_seen: dict | None = None,
-                 fingerprint: dict | None = None, weights_path: str | None = None, sources: list | None = None):
+                 fingerprint: dict | None = None, weights_path: str | None = None, sources: list | None = None,
+                 temperature: float = 1.0):
         self.backbone = backbone
         self.learner = learner
         self.examples_seen = Counter(examples_seen or {})
         self.sources = list(sources or [])  # provenance of merged knowledge: site, time, examples
+        self.temperature = float(temperature)  # calibration: proba = softmax(logits / temperature)
         # what the features came from; kept when loaded without the backbone (consolidate, info)
         self.fingerprint = backbone.fingerprint if backbone is not None else fingerprint
         path = backbone.weights.path if backbone is not None else weights_path
@@ -139,14 +145,27 @@ class Recognizer:
         for row in proba:
             order = np.argsort(-row, kind="stable")[:max(top_k, 1)]
             top = [(names[j], float(row[j])) for j in order]
-            label = top[0][0] if threshold is None or top[0][1] >= threshold else None
-            out.append(Prediction(label, top[0][1], top[1:]))
+            if threshold is None or top[0][1] >= threshold:
+                out.append(Prediction(top[0][0], top[0][1], top[1:]))
+            else:  # unknown: every candidate is an alternative
+                out.append(Prediction(None, top[0][1], top))
         return out
 
     def predict_proba(self, features: np.ndarray, *, level: int | None = None
                       ) -> tuple[list[str], np.ndarray]:
-        """``(class names, (n, n_classes) probabilities)``, rolled up to ``level`` if given."""
-        return rollup(self.classes, self.learner.predict_proba(features), level)
+        """``(class names, (n, n_classes) calibrated probabilities)``, rolled up to ``level`` if given."""
+        return rollup(self.classes, softmax(self.learner.predict_logits(features) / self.temperature), level)
+
+    def calibrate(self, features: np.ndarray, labels: Sequence[str]) -> float:
+        """Fit the confidence temperature on held-out labelled features (never the training data);
+        examples of classes the learner does not know are skipped. Returns the temperature."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        keep = [i for i, label in enumerate(labels) if label in index]
+        if not keep:
+            raise ValueError("none of the calibration examples belongs to a known class")
+        logits = self.learner.predict_logits(np.asarray(features)[keep])
+        self.temperature = fit_temperature(logits, [index[labels[i]] for i in keep])
+        return self.temperature
 
     def consolidate(self, strategy: str | None = None, **kwargs) -> "Recognizer":
         if strategy is not None:
@@ -190,13 +209,18 @@ class Recognizer:
             "learner": learner,
             "examples_seen": dict(self.examples_seen),
             "sources": self.sources,
+            "calibration": {"temperature": self.temperature},
         }
+
+    def to_bytes(self, *, key: SiteKey | None = None, site: str | None = None) -> bytes:
+        """The knowledge package :meth:`save` writes, as bytes."""
+        arrays = self.learner.state_dict().get("arrays", {})
+        return package_bytes(self.manifest(site or (key.site if key else None)), arrays, key)
 
     def save(self, path: str | os.PathLike, *, key: SiteKey | None = None, site: str | None = None) -> Path:
         """Write one knowledge package atomically (a crash leaves the previous file, never half a
         file); signed by ``key`` when given. Holds no images and no backbone weights."""
-        arrays = self.learner.state_dict().get("arrays", {})
-        write_package(path, self.manifest(site or (key.site if key else None)), arrays, key)
+        atomic_write_bytes(path, self.to_bytes(key=key, site=site))
         return Path(path)
 
     @classmethod
@@ -210,6 +234,18 @@ class Recognizer:
         else the path recorded at save time). ``with_backbone=False`` loads the fast memory only.
         """
         manifest, arrays = read_package(path, trust=trust, require_signature=require_signature)
+        return cls._from_package(manifest, arrays, path, weights, backbone, with_backbone)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str = "<package>", *, weights=None, backbone: Backbone | None = None,
+                   with_backbone: bool = True, trust: TrustStore | None = None,
+                   require_signature: bool = False) -> "Recognizer":
+        """:meth:`load` for a package held in memory (an upload, a stored version)."""
+        manifest, arrays = parse_package(data, name, trust=trust, require_signature=require_signature)
+        return cls._from_package(manifest, arrays, name, weights, backbone, with_backbone)
+
+    @classmethod
+    def _from_package(cls, manifest, arrays, path, weights, backbone, with_backbone) -> "Recognizer":
         learner = learner_from_state({**manifest["learner"], "arrays": arrays})
         if backbone is None and with_backbone:
             backbone = _rebuild_backbone(manifest, weights)
@@ -218,7 +254,8 @@ class Recognizer:
         sources = manifest.get("sources") or [{"site": manifest.get("site"), "created_at": manifest.get("created_at"),
                                                "examples": sum(manifest.get("examples_seen", {}).values())}]
         return cls(backbone, learner, examples_seen=manifest.get("examples_seen"),
-                   fingerprint=manifest["backbone"], weights_path=manifest.get("weights_path"), sources=sources)
+                   fingerprint=manifest["backbone"], weights_path=manifest.get("weights_path"), sources=sources,
+                   temperature=manifest.get("calibration", {}).get("temperature", 1.0))
 
     def info(self) -> dict:
         return {
@@ -229,6 +266,7 @@ class Recognizer:
             "representations": getattr(self.learner, "n_representations", len(self.classes)),
             "learner_bytes": self.learner.nbytes,
             "examples_seen": sum(self.examples_seen.values()),
+            "temperature": self.temperature,
             "sources": self.sources,
             "backbone": self.fingerprint,
         }

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgelearn.errors import IncompatibleError, ModelFileError, SignatureError
-from edgelearn.files import read_container, write_container
+from edgelearn.files import atomic_write_bytes, container_bytes, read_container
 from edgelearn.knowledge import SiteKey, TrustStore
 from edgelearn.learners import make_learner
 from edgelearn.recognizer import Recognizer
@@ -57,7 +57,7 @@ def test_untrusted_signer_unsigned_and_resigned_packages_are_refused(tmp_path, k
     from edgelearn.knowledge.package import digest
 
     manifest["integrity"]["sha256"] = digest(manifest, arrays)
-    write_container(path, manifest, arrays)
+    atomic_write_bytes(path, container_bytes(manifest, arrays))
     with pytest.raises(SignatureError, match="altered"):
         load(path, trust=trust, require_signature=True)
 
@@ -76,11 +76,11 @@ def test_every_flipped_byte_is_refused(tmp_path):
 def test_unknown_version_and_absurd_sizes_are_refused(tmp_path):
     path = site().save(tmp_path / "p.edge")
     manifest, arrays = read_container(path)
-    write_container(tmp_path / "v.edge", {**manifest, "version": 99}, arrays)
+    atomic_write_bytes(tmp_path / "v.edge", container_bytes({**manifest, "version": 99}, arrays))
     with pytest.raises(ModelFileError, match="version 99"):
         load(tmp_path / "v.edge")
     manifest["learner"]["classes"] = [f"c{i}" for i in range(200_000)]
-    write_container(tmp_path / "big.edge", manifest, arrays)
+    atomic_write_bytes(tmp_path / "big.edge", container_bytes(manifest, arrays))
     with pytest.raises(ModelFileError, match="implausible"):
         load(tmp_path / "big.edge")
 

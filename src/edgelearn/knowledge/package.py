@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from edgelearn.errors import ModelFileError, SignatureError
-from edgelearn.files import read_container, write_container
+from edgelearn.files import atomic_write_bytes, container_bytes, parse_container, read_container
 from edgelearn.knowledge.keys import SiteKey, TrustStore
 
 FORMAT = "edgelearn.knowledge"
@@ -38,12 +38,17 @@ def digest(manifest: dict, arrays: dict[str, np.ndarray]) -> str:
 def write_package(path: str | os.PathLike, manifest: dict, arrays: dict[str, np.ndarray],
                   key: SiteKey | None = None) -> None:
     """Write atomically, with an integrity hash and, given a site key, a signature."""
+    atomic_write_bytes(path, package_bytes(manifest, arrays, key))
+
+
+def package_bytes(manifest: dict, arrays: dict[str, np.ndarray], key: SiteKey | None = None) -> bytes:
+    """The package as bytes (what :func:`write_package` writes)."""
     manifest = {k: v for k, v in manifest.items() if k not in UNSIGNED_FIELDS}
     manifest.update(format=FORMAT, version=VERSION)
     manifest["integrity"] = {"sha256": digest(manifest, arrays)}
     if key is not None:
         manifest["signature"] = key.sign(manifest["integrity"]["sha256"].encode())
-    write_container(path, manifest, arrays)
+    return container_bytes(manifest, arrays)
 
 
 def read_package(path: str | os.PathLike, *, trust: TrustStore | None = None,
@@ -53,7 +58,17 @@ def read_package(path: str | os.PathLike, *, trust: TrustStore | None = None,
     ``require_signature``: refuse unsigned packages and signers outside ``trust`` (what a site
     does with knowledge from elsewhere). Otherwise a signature is checked whenever ``trust`` is given.
     """
-    manifest, arrays = read_container(path)
+    return check_package(*read_container(path), path, trust=trust, require_signature=require_signature)
+
+
+def parse_package(data: bytes, name: str = "<package>", *, trust: TrustStore | None = None,
+                  require_signature: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
+    """:func:`read_package` for bytes (an upload, a stored version)."""
+    return check_package(*parse_container(data, name), name, trust=trust, require_signature=require_signature)
+
+
+def check_package(manifest: dict, arrays: dict[str, np.ndarray], path, *, trust: TrustStore | None = None,
+                  require_signature: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
     if manifest.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an edgelearn knowledge package (format {manifest.get('format')!r})")
     if manifest.get("version") != VERSION:

@@ -21,6 +21,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=1, keepdims=True)
 
 
+def normalized_gradient(X: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Gradient of ``w . x/|x|`` with respect to each row ``x`` of ``X`` (``w`` is ``(d,)``)."""
+    norm = np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    u = X / norm
+    return (w[None, :] - (u @ w)[:, None] * u) / norm
+
+
 def chan_update(n_a, mean_a, n_b, mean_b):
     """Combine two (count, mean) summaries (Chan et al.): returns ``(n, mean, delta, weight)``.
 
@@ -68,9 +75,25 @@ class Learner:
         """Per-class evidence, ``(n, n_classes)``, higher = more likely; columns follow ``classes_``."""
         return self._scores(self._check_X(X))
 
+    def predict_logits(self, X) -> np.ndarray:
+        """``(n, n_classes)`` logits: ``predict_proba`` is their softmax (calibration rescales them)."""
+        return self._logits(self._check_X(X))
+
+    def logit_gradient(self, X, label) -> np.ndarray:
+        """``(n, d)``: the gradient of class ``label``'s logit with respect to each row of ``X``
+        (what a heat map back-propagates into the backbone). Piecewise-linear learners give the
+        gradient of the piece ``X`` lies on."""
+        X = self._check_X(X)
+        if label not in self.classes_:
+            raise ValueError(f"unknown class {label!r}")
+        return self._logit_gradient(X, self.classes_.index(label))
+
+    def _logit_gradient(self, X: np.ndarray, c: int) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} has no logit gradient")
+
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities ``(n, n_classes)``, each row sums to 1."""
-        return softmax(self._logits(self._check_X(X)))
+        return softmax(self.predict_logits(X))
 
     def predict(self, X) -> np.ndarray:
         """Most likely label per row; ``unknown_label`` where the top probability is below

@@ -146,6 +146,21 @@ class FuzzyArtmap(Learner):
     def _logits(self, X: np.ndarray) -> np.ndarray:
         return self._scores(X) / self.temperature
 
+    def _logit_gradient(self, X: np.ndarray, c: int) -> np.ndarray:
+        """On the piece where the class's best representation ``w`` wins and the row scale is fixed:
+        ``d/da_i sum(min(I, w))`` is ``[a_i < w_i] - [1 - a_i < w'_i]`` (complement half)."""
+        d = self.n_features_in_
+        mine = np.flatnonzero(self.category_class_ == c)
+        W = self.weights_[mine]
+        I = self._code(X)
+        best = W[(fuzzy_and_sums(W, I) / (self.choice + W.sum(axis=1))).argmax(axis=1)]
+        a = I[:, :d]
+        grad = (a < best[:, :d]).astype(np.float64) - (1.0 - a < best[:, d:])
+        scale = self.feature_scale or np.maximum(np.abs(X).max(axis=1, keepdims=True), 1e-12)
+        inside = (X > 0) & (X < scale)  # clipping flattens the rest
+        norm = (self.choice + best.sum(axis=1))[:, None]
+        return grad * inside / scale / norm / self.temperature
+
     # -- memory ------------------------------------------------------------------------------------
     def consolidate(self, strategy: str = "union", *, max_per_class: int = 1) -> "FuzzyArtmap":
         """Fold each class's representations into at most ``max_per_class`` (in place).

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from edgelearn.learners.base import Learner, chan_update
+from edgelearn.learners.base import Learner, chan_update, normalized_gradient
 
 METRICS = ("euclidean", "cosine")
 
@@ -94,11 +94,20 @@ class NearestClassMean(Learner):
         self._cache = None
 
     def _logits(self, X: np.ndarray) -> np.ndarray:
-        scores = self._scores(X)
+        return self._scores(X) / self._scale()
+
+    def _scale(self) -> float:
+        """Scores / scale = logits."""
         if self.temperature is not None:
-            return scores / self.temperature
+            return self.temperature
         if self.metric == "cosine":
-            return scores / 0.05
+            return 0.05
         dof = max(self.counts_.sum() - len(self.classes_), 1) * self.n_features_in_
         variance = self.m2_.sum() / dof if self.m2_.sum() > 0 else 1.0
-        return scores / (2 * variance)
+        return 2 * variance
+
+    def _logit_gradient(self, X: np.ndarray, c: int) -> np.ndarray:
+        M = self._linear()[0][c].astype(np.float64)
+        if self.metric == "cosine":
+            return normalized_gradient(X, M) / self._scale()
+        return (M - 2 * X) / self._scale()  # d/dx of 2 x.m - |m|^2 - |x|^2

@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from edgelearn.learners.base import Learner, chan_update
+from edgelearn.learners.base import Learner, chan_update, normalized_gradient
 
 
 @lru_cache(maxsize=4)
@@ -146,6 +146,10 @@ class StreamingLDA(Learner):
             b = -0.5 * (W * self.means_).sum(axis=1)
             self._linear = (W.astype(np.float32), b.astype(np.float32))
         return self._linear
+
+    def _logit_gradient(self, X: np.ndarray, c: int) -> np.ndarray:
+        w = self._weights()[0][c].astype(np.float64)
+        return normalized_gradient(X, w) if self.normalize else np.broadcast_to(w, X.shape).copy()
 
     def _scores(self, X: np.ndarray) -> np.ndarray:
         W, b = self._weights()

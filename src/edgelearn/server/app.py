@@ -1,0 +1,170 @@
+"""The station's HTTP API (FastAPI) and web page.
+
+Reads are open; writes (learning, consolidation, rollback, imports, labelling) need the station's
+token as ``Authorization: Bearer <token>``. Endpoints are plain ``def``: FastAPI runs them in its
+thread pool, so predictions proceed concurrently while the station serialises learning.
+OpenAPI docs: ``/docs``.
+"""
+
+import secrets
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+
+from edgelearn import __version__
+from edgelearn.data.images import load_image
+from edgelearn.errors import EdgelearnError
+from edgelearn.server.station import Station
+from edgelearn.server.uploads import labelled_images
+
+STATIC = Path(__file__).parent / "static"
+MAX_UPLOAD_BYTES = 200 * 2**20  # one request: a zip or a short video
+MAX_IMAGE_BYTES = 20 * 2**20
+MAX_PIXELS = 40_000_000
+
+
+def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+               max_pixels: int = MAX_PIXELS) -> FastAPI:
+    """The API over ``station``; writes need ``token``."""
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        station.close()  # graceful shutdown: uvicorn drained the requests; checkpoint the WAL
+
+    app = FastAPI(title="edgelearn station", version=__version__, lifespan=lifespan,
+                  description="Recognise, explain, and learn from corrections. Writes need the station token.")
+    bearer = HTTPBearer(auto_error=False)
+
+    def writer(request: Request,
+               credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str | None:
+        """Checks the token; returns who is writing (``X-User`` header, for the feedback log)."""
+        if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
+            raise HTTPException(401, "this needs the station's token (Authorization: Bearer <token>)",
+                                headers={"WWW-Authenticate": "Bearer"})
+        return request.headers.get("x-user") or None
+
+    Writer = Annotated[str | None, Depends(writer)]
+
+    @app.middleware("http")
+    async def limit_size(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_upload_bytes:
+            return JSONResponse({"detail": f"upload larger than {max_upload_bytes // 2**20} MiB"}, 413)
+        return await call_next(request)
+
+    @app.exception_handler(EdgelearnError)
+    @app.exception_handler(ValueError)
+    async def user_error(request: Request, exc: Exception):
+        return JSONResponse({"detail": str(exc)}, 404 if "there is no" in str(exc) else 400)
+
+    def read(upload: UploadFile, limit: int) -> bytes:
+        data = upload.file.read(limit + 1)
+        if len(data) > limit:
+            raise HTTPException(413, f"{upload.filename}: larger than {limit // 2**20} MiB")
+        return data
+
+    def image_of(upload: UploadFile):
+        return load_image(read(upload, MAX_IMAGE_BYTES), name=upload.filename or "upload", max_pixels=max_pixels)
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/api/status")
+    def status() -> dict:
+        return station.status()
+
+    @app.post("/api/predict")
+    def predict(image: Annotated[UploadFile, File(description="An image (a camera frame or a photo).")],
+                top_k: Annotated[int, Query(ge=1, le=50)] = 5,
+                heatmap: bool = False,
+                representatives: Annotated[int, Query(ge=0, le=10)] = 1,
+                enqueue: bool = True) -> dict:
+        """Classify: label (null = unknown), confidence, alternatives, representatives, heat map."""
+        return station.predict(image_of(image), top_k=top_k, heatmap=heatmap, representatives=representatives,
+                               enqueue=enqueue)
+
+    @app.post("/api/learn")
+    def learn(user: Writer,
+              files: Annotated[list[UploadFile], File(description="Images, zips of concept folders, or videos.")],
+              label: Annotated[str | None, Form(description="Class name or concept path (a/b/c).")] = None,
+              kind: Annotated[str, Form(pattern="^(teach|confirm|correct)$")] = "teach",
+              predicted: Annotated[str | None, Form(description="What the station had said (feedback).")] = None,
+              confidence: Annotated[float | None, Form(ge=0, le=1)] = None,
+              every: Annotated[int, Form(ge=1, le=1000, description="Video: keep every n-th frame.")] = 10) -> dict:
+        """Teach, confirm or correct: returns once the feedback is committed to the store."""
+        budget, pairs = max_upload_bytes, []
+        for f in files:
+            data = read(f, budget)
+            budget -= len(data)
+            pairs += labelled_images(f.filename or "upload", data, label, every=every, max_pixels=max_pixels)
+        images, labels = [p[0] for p in pairs], [p[1] for p in pairs]
+        feedback = {"predicted": [predicted] * len(images), "confidence": [confidence] * len(images)} \
+            if kind != "teach" else {}
+        return {**station.learn(images, labels, kind=kind, user=user, **feedback), "learned": len(images)}
+
+    @app.post("/api/consolidate")
+    def consolidate(user: Writer) -> dict:
+        """Shrink the fast memory (Fuzzy ARTMAP: one representation per class); a new version."""
+        return station.consolidate(user)
+
+    @app.get("/api/versions")
+    def versions() -> dict:
+        return {"active": station.store.active_version, "versions": station.store.versions()}
+
+    @app.post("/api/versions/{version}/rollback")
+    def rollback(version: int, user: Writer) -> dict:
+        """Return to an earlier version's knowledge (recorded as a new version)."""
+        return station.rollback(version, user)
+
+    @app.get("/api/knowledge", response_class=Response,
+             responses={200: {"content": {"application/octet-stream": {}}}})
+    def export() -> Response:
+        """The current knowledge as a package file (no images, no backbone weights)."""
+        return Response(station.export(), media_type="application/octet-stream",
+                        headers={"Content-Disposition": 'attachment; filename="knowledge.edge"'})
+
+    @app.post("/api/knowledge")
+    def import_(user: Writer, package: Annotated[UploadFile, File(description="A knowledge package.")]) -> dict:
+        """Merge another site's knowledge package (refused if altered or from another backbone)."""
+        return station.import_package(read(package, max_upload_bytes), package.filename or "upload", user)
+
+    @app.get("/api/queue")
+    def queue(status: Annotated[str, Query(pattern="^(open|labelled|dismissed|expired)$")] = "open",
+              limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict:
+        """Low-confidence predictions waiting for a person (least confident first)."""
+        return {"items": station.store.queue(status, limit)}
+
+    @app.post("/api/queue/{item}")
+    def label_item(item: int, user: Writer, label: Annotated[str | None, Form()] = None) -> dict:
+        """Label a queued prediction (it is learned), or dismiss it (no label)."""
+        return station.label_queue(item, label or None, user)
+
+    @app.get("/api/queue/{item}/image", response_class=Response)
+    def queue_image(item: int) -> Response:
+        image = station.store.queue_item(item)["image"]
+        if image is None:
+            raise HTTPException(404, "no image kept for this item (start the station with --keep-images)")
+        return Response(image, media_type="image/jpeg")
+
+    @app.get("/api/thumbnails/{item}", response_class=Response)
+    def thumbnail(item: int) -> Response:
+        return Response(station.store.thumbnail(item), media_type="image/jpeg")
+
+    @app.get("/api/concepts")
+    def concepts() -> dict:
+        return {"concepts": station.store.concepts()}
+
+    @app.get("/api/events")
+    def events(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
+        """The feedback log: who taught or corrected what, when."""
+        return {"events": station.store.events(limit)}
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

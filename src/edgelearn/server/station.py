@@ -1,0 +1,276 @@
+"""A station: one recognizer, its SQLite store and its explanations, safe to use from many threads.
+
+Learning is serialised (one writer: store commit, then learner update); predictions run
+concurrently (the backbone needs no lock; the learner is read under the lock for a millisecond).
+The learner is never saved by itself: on start it is rebuilt as ``active version + events``.
+"""
+
+import base64
+import io
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from edgelearn.errors import EdgelearnError
+from edgelearn.explain import HeatMapper, expected_calibration_error, get_similarity, nearest, overlay, png_bytes
+from edgelearn.explain.calibration import OnlineTemperature
+from edgelearn.knowledge import TrustStore
+from edgelearn.recognizer import Recognizer, _check_label
+from edgelearn.store import Store
+
+THUMBNAIL_SIDE = 160
+
+
+@dataclass
+class StationConfig:
+    """How a station is set up; the recognizer's part is fixed by the store's first start."""
+
+    data_dir: Path = Path("edgelearn-data")
+    backbone: str = "mobilenet_v2"
+    weights: str | None = None
+    input_size: int | None = None
+    learner: str = "slda"
+    keep_images: bool = False  # opt-in: thumbnails for representatives and images of feedback events
+    thumbnails_per_class: int = 12
+    representatives: str = "feature"  # or any image similarity: phash, hist, ssim, ...
+    unknown_below: float = 0.0  # top probability below this -> "unknown"
+    queue_below: float = 0.5  # predictions less confident than this wait in the labelling queue
+    checkpoint_every: int = 500  # events; bounds the replay on start
+    trust: Path | None = None  # folder of trusted sites' public keys: imports must be signed by one
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.data_dir) / "station.sqlite"
+
+
+class Station:
+    def __init__(self, config: StationConfig):
+        self.config = config
+        self.store = Store(config.store_path)
+        self._lock = threading.RLock()  # guards self.rec's learner and the order of store writes
+        self.rec = self._open()
+        self._heat: HeatMapper | None = None
+        self._signatures: dict[int, object] = {}
+        self._last_queued: np.ndarray | None = None
+        self._calibration = OnlineTemperature()
+        self.rec.temperature = self.store.get("temperature", self.rec.temperature)
+
+    # -- start ----------------------------------------------------------------------------------------
+    def _open(self) -> Recognizer:
+        c = self.config
+        version = self.store.active_version
+        if version is None:
+            rec = Recognizer.create(c.backbone, learner=c.learner, weights=c.weights, input_size=c.input_size,
+                                    unknown_threshold=c.unknown_below or None)
+            self.store.set("created_with", {"backbone": c.backbone, "learner": c.learner,
+                                            "input_size": c.input_size})
+            self.store.add_version(rec.to_bytes(), "initial", classes=0, examples=0)
+            return rec
+        saved = self.store.get("created_with", {})
+        from edgelearn.backbones import build_backbone
+        backbone = build_backbone(saved.get("backbone", c.backbone), weights=c.weights,
+                                  input_size=saved.get("input_size"))
+        rec = Recognizer.from_bytes(self.store.package(version), f"store version {version}", backbone=backbone)
+        X, labels = self.store.replay(version)
+        if labels:
+            rec.learn_features(X, labels)
+        return rec
+
+    # -- predictions ----------------------------------------------------------------------------------
+    def predict(self, image: Image.Image, *, top_k: int = 5, heatmap: bool = False, representatives: int = 1,
+                enqueue: bool = True) -> dict:
+        features = self.rec.embed([image], batch_size=1)
+        with self._lock:
+            rec = self.rec
+            if not rec.classes:
+                return {"label": None, "confidence": 0.0, "alternatives": [], "known_classes": 0,
+                        "representatives": [], "message": "nothing learned yet: teach a class first"}
+            prediction = rec.predict_features(features, top_k=top_k)[0].to_dict()
+        prediction["known_classes"] = len(rec.classes)
+        shown = [prediction["label"]] if prediction["label"] else []
+        shown += [a["label"] for a in prediction["alternatives"]]
+        prediction["representatives"] = self._representatives(image, features[0], shown[:3], representatives)
+        if heatmap:
+            prediction["heatmap"] = self.heatmap(image, shown[0])
+        if enqueue and prediction["confidence"] < self.config.queue_below:
+            self._enqueue(image, features[0], prediction)
+        return prediction
+
+    def heatmap(self, image: Image.Image, label: str) -> str:
+        """A PNG data URL: Grad-CAM of ``label`` over the crop the backbone sees."""
+        if self._heat is None:
+            self._heat = HeatMapper(self.rec.backbone)
+
+        def gradient(f0):
+            with self._lock:
+                return self.rec.learner.logit_gradient(f0, label)
+
+        heat = self._heat.heat(image, gradient)
+        data = png_bytes(overlay(self._heat.crop(image), heat))
+        return "data:image/png;base64," + base64.b64encode(data).decode()
+
+    def _representatives(self, image, features, labels, k: int) -> list[dict]:
+        if k <= 0 or not labels:
+            return []
+        labels = [label for label in labels if isinstance(label, str)]
+        stored = self.store.thumbnails(labels)
+        if not stored:
+            return []
+        method = self.config.representatives
+        if method == "feature":
+            similarity = get_similarity("feature", embed=lambda f: f)
+            query, sigs = similarity.signature(features), [similarity.signature(t["features"]) for t in stored]
+        else:
+            similarity = get_similarity(method)
+            query = similarity.signature(image)
+            sigs = [self._signature(t["id"], similarity) for t in stored]
+        out = []
+        for label in labels:
+            mine = [i for i, t in enumerate(stored) if t["label"] == label]
+            for i, distance in nearest(query, [sigs[j] for j in mine], similarity, k):
+                out.append({"label": label, "thumbnail": stored[mine[i]]["id"], "distance": distance})
+        return out
+
+    def _signature(self, thumbnail: int, similarity):
+        if thumbnail not in self._signatures:
+            self._signatures[thumbnail] = similarity.signature(Image.open(io.BytesIO(self.store.thumbnail(thumbnail))))
+        return self._signatures[thumbnail]
+
+    def _enqueue(self, image, features, prediction) -> None:
+        unit = features / max(np.linalg.norm(features), 1e-12)
+        if self._last_queued is not None and float(unit @ self._last_queued) > 0.98:
+            return  # the same scene as the last queued frame (a camera sends many)
+        self._last_queued = unit
+        label = prediction["label"] or prediction["alternatives"][0]["label"]
+        self.store.enqueue(label, prediction["confidence"], features,
+                           thumbnail_bytes(image) if self.config.keep_images else None)
+
+    # -- learning -------------------------------------------------------------------------------------
+    def learn(self, images: list[Image.Image], labels: list[str], *, kind: str = "teach", user: str | None = None,
+              predicted: list | None = None, confidence: list | None = None) -> dict:
+        """Learn labelled images; returns once the feedback is committed (it survives a crash)."""
+        labels = [_check_label(label) for label in labels]
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        features = self.rec.embed(images, batch_size=16)
+        thumbnails = [thumbnail_bytes(i) for i in images] if self.config.keep_images else None
+        return self._learn_features(features, labels, kind=kind, user=user, predicted=predicted,
+                                    confidence=confidence, images=thumbnails)
+
+    def _learn_features(self, features, labels, *, kind, user, predicted=None, confidence=None, images=None) -> dict:
+        with self._lock:
+            ids = self.store.add_events(kind, labels, features, user=user, predicted=predicted,
+                                        confidence=confidence, images=images)
+            self._calibrate(features, labels)
+            self.rec.learn_features(features, labels)
+            for label, vector, image in zip(labels, features, images or [None] * len(labels), strict=True):
+                if image is not None:
+                    self.store.add_thumbnail(label, image, vector, self.config.thumbnails_per_class)
+            if len(self.store.replay(self.store.active_version)[1]) >= self.config.checkpoint_every:
+                self._new_version("checkpoint", user)
+        return {"events": ids, "classes": self.rec.classes}
+
+    def _calibrate(self, features, labels) -> None:
+        """Score the examples of known classes before learning them: held-out data for the temperature."""
+        index = {c: i for i, c in enumerate(self.rec.classes)}
+        known = [i for i, label in enumerate(labels) if label in index]
+        if len(index) < 2 or not known:
+            return
+        logits = self.rec.learner.predict_logits(features[known])
+        temperature = self._calibration.observe(logits, [index[labels[i]] for i in known])
+        if temperature is not None and temperature != self.rec.temperature:
+            self.rec.temperature = temperature
+            self.store.set("temperature", temperature)
+
+    def label_queue(self, item: int, label: str | None, user: str | None = None) -> dict:
+        """A person labels (or, with ``None``, dismisses) a queued prediction."""
+        row = self.store.queue_item(item)
+        if row["status"] != "open":
+            raise EdgelearnError(f"queue item {item} is already {row['status']}")
+        result = {}
+        if label is not None:
+            features = np.frombuffer(row["features"], np.float32)[None, :]
+            result = self._learn_features(features, [_check_label(label)], kind="label", user=user,
+                                          predicted=[row["predicted"]], confidence=[row["confidence"]],
+                                          images=[row["image"]] if row["image"] else None)
+        self.store.resolve(item, label, user)
+        return result
+
+    # -- versions -------------------------------------------------------------------------------------
+    def _new_version(self, reason: str, user: str | None, **kwargs) -> int:
+        rec = self.rec
+        return self.store.add_version(rec.to_bytes(), reason, classes=len(rec.classes),
+                                      examples=sum(rec.examples_seen.values()), user=user, **kwargs)
+
+    def consolidate(self, user: str | None = None) -> dict:
+        with self._lock:
+            self.rec.consolidate()
+            version = self._new_version("consolidate", user)
+        return {"version": version, **self._summary()}
+
+    def rollback(self, version: int, user: str | None = None) -> dict:
+        package = self.store.package(version)
+        with self._lock:
+            temperature = self.rec.temperature  # the station's calibration outlives its knowledge versions
+            self.rec = Recognizer.from_bytes(package, f"version {version}", backbone=self.rec.backbone)
+            self.rec.temperature = temperature
+            new = self.store.add_version(package, f"rollback to version {version}", parent=version, user=user,
+                                         classes=len(self.rec.classes), examples=sum(self.rec.examples_seen.values()))
+        return {"version": new, **self._summary()}
+
+    def export(self) -> bytes:
+        with self._lock:
+            return self.rec.to_bytes(site=self.store.get("site"))
+
+    def import_package(self, data: bytes, name: str = "upload", user: str | None = None) -> dict:
+        """Merge another site's knowledge package (checked: format, integrity, backbone, and with a
+        trust folder configured, a trusted site's signature)."""
+        trust = TrustStore.load(self.config.trust) if self.config.trust else None
+        other = Recognizer.from_bytes(data, name, backbone=self.rec.backbone, trust=trust,
+                                      require_signature=trust is not None)
+        site = (other.sources[0].get("site") if other.sources else None) or "unknown"
+        with self._lock:
+            if not self.rec.classes:  # nothing learned here yet: adopt it, whatever its learner kind
+                other.temperature = self.store.get("temperature", other.temperature)
+                self.rec = other
+            else:
+                self.rec.merge(other)
+            version = self._new_version(f"merge from {site}", user, site=site)
+        self.store.record_site(site)
+        return {"version": version, "site": site, **self._summary()}
+
+    # -- reading --------------------------------------------------------------------------------------
+    def _summary(self) -> dict:
+        return {"classes": self.rec.classes, "examples": sum(self.rec.examples_seen.values())}
+
+    def status(self) -> dict:
+        confidence, correct = self.store.feedback_confidences()
+        with self._lock:
+            info = self.rec.info()
+        return {
+            **self._summary(),
+            "learner": info["learner"], "learner_bytes": info["learner_bytes"],
+            "representations": info["representations"], "temperature": info["temperature"],
+            "backbone": self.rec.backbone.fingerprint,
+            "active_version": self.store.active_version,
+            "events": self.store.count("events"),
+            "open_queue": len(self.store.queue(limit=10_000)),
+            "live_calibration": {"n": int(len(confidence)),
+                                 "accuracy": float(correct.mean()) if len(correct) else None,
+                                 "ece": expected_calibration_error(confidence, correct) if len(correct) else None},
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.config).items()},
+        }
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def thumbnail_bytes(image: Image.Image, side: int = THUMBNAIL_SIDE) -> bytes:
+    small = image.convert("RGB")
+    small.thumbnail((side, side))
+    buf = io.BytesIO()
+    small.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
