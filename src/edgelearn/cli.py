@@ -294,6 +294,7 @@ def serve(
     = 0.5,
     trust: Annotated[Path | None, typer.Option(help="Folder of trusted public keys: imports must be signed.")]
     = None,
+    max_upload_mb: Annotated[int, typer.Option(help="Largest request (zips, videos), MiB.")] = 200,
 ):
     """Start the station: web page with camera, explanations and corrections, REST API (docs at /docs)."""
     import uvicorn
@@ -312,7 +313,7 @@ def serve(
               f"version {station.store.active_version})")
     err.print(f"write token{' (new, kept in ' + str(data / 'token') + ')' if new else ''}: {write_token}")
     err.print(f"open http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/ in a browser")
-    uvicorn.run(create_app(station, write_token), host=host, port=port, log_level="info",
+    uvicorn.run(create_app(station, write_token, max_upload_bytes=max_upload_mb * 2**20), host=host, port=port, log_level="info",
                 timeout_graceful_shutdown=10)
 
 

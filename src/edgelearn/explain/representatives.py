@@ -101,11 +101,13 @@ def pick_diverse(D: np.ndarray, k: int) -> list[int]:
     if n == 0 or k <= 0:
         return []
     chosen = [int(D.sum(axis=1).argmin())]
-    nearest = D[chosen[0]].copy()
+    nearest = D[chosen[0]].astype(np.float64)
+    nearest[chosen[0]] = -np.inf
     while len(chosen) < min(k, n):
-        nxt = int(nearest.argmax())
+        nxt = int(nearest.argmax())  # identical images (distance 0) are still taken, after all others
         chosen.append(nxt)
         nearest = np.minimum(nearest, D[nxt])
+        nearest[chosen] = -np.inf
     return chosen
 
 

@@ -119,7 +119,7 @@ class StreamingLDA(Learner):
     def load_state_dict(self, state: dict) -> "StreamingLDA":
         self._pending, self._pending_rows = [], 0
         arrays = state.get("arrays")
-        if arrays is not None:
+        if "classes" in state:  # an empty learner has no arrays
             d = int(state["n_features"])
             packed = np.asarray(arrays["scatter_"], dtype=np.float64)
             if packed.shape != (d * (d + 1) // 2,):

@@ -70,7 +70,8 @@ def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLO
         return data
 
     def image_of(upload: UploadFile):
-        return load_image(read(upload, MAX_IMAGE_BYTES), name=upload.filename or "upload", max_pixels=max_pixels)
+        data = read(upload, min(MAX_IMAGE_BYTES, max_upload_bytes))
+        return load_image(data, name=upload.filename or "upload", max_pixels=max_pixels)
 
     @app.get("/", include_in_schema=False)
     def page():

@@ -1,0 +1,70 @@
+"""A real `edgelearn serve` process on loopback, for API, crash and browser tests."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+TOKEN = "test-token-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``edgelearn serve`` with the tiny random backbone (or ``args``), started and waited for."""
+
+    def __init__(self, data: Path, *args: str, log: Path | None = None):
+        self.data, self.port = data, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log or data.parent / f"serve-{self.port}.log"
+        defaults = ["--backbone", "tiny", "--weights", "random", "--input-size", "32"] if "--backbone" not in args \
+            else []
+        cmd = [sys.executable, "-m", "edgelearn", "serve", "--data", str(data), "--port", str(self.port),
+               "--token", TOKEN, *defaults, *args]
+        self.log_file = open(self.log, "ab")  # noqa: SIM115 (closed in stop)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT, env=env)
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+        self._wait()
+
+    def _wait(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log.read_text()}")
+            try:
+                if self.client.get("/api/status").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise RuntimeError(f"server did not start in {timeout} s:\n{self.log.read_text()}")
+
+    def auth(self, user: str | None = None) -> dict:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        if user:
+            headers["X-User"] = user
+        return headers
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+        self.close()
+
+    def stop(self, timeout: float = 30) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        self.close()
+        return code
+
+    def close(self) -> None:
+        self.client.close()
+        self.log_file.close()

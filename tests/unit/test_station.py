@@ -1,0 +1,200 @@
+import io
+import zipfile
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgelearn import Recognizer
+from edgelearn.data.frames import extract_dataset, read_frames
+from edgelearn.errors import DatasetError, EdgelearnError, ImageError, IncompatibleError
+from edgelearn.server import Station, StationConfig, station_token
+from edgelearn.server.uploads import labelled_images
+from tests.conftest import COLOURS
+
+
+def colour_image(name, seed=0, size=40):
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(-25, 25, size=(size, size, 3))
+    return Image.fromarray(np.clip(np.array(COLOURS[name]) + noise, 0, 255).astype(np.uint8))
+
+
+def config(tmp_path, **kw):
+    return StationConfig(tmp_path / "station", backbone="tiny", weights="random", input_size=32, **kw)
+
+
+@pytest.fixture
+def station(tmp_path):
+    s = Station(config(tmp_path, keep_images=True))
+    yield s
+    s.close()
+
+
+def teach(station, name, n=4, seed=0, **kw):
+    return station.learn([colour_image(name, seed + i) for i in range(n)], [name] * n, **kw)
+
+
+def test_a_new_station_knows_nothing_and_says_so(station):
+    p = station.predict(colour_image("red"))
+    assert p["label"] is None and p["known_classes"] == 0 and "teach" in p["message"]
+    assert station.store.active_version == 1
+
+
+def test_teach_predict_explain(station):
+    teach(station, "red")
+    teach(station, "blue")
+    p = station.predict(colour_image("red", 99), heatmap=True)
+    assert p["label"] == "red" and 0 < p["confidence"] <= 1
+    assert [a["label"] for a in p["alternatives"]] == ["blue"]
+    assert {r["label"] for r in p["representatives"]} == {"red", "blue"}
+    assert station.store.thumbnail(p["representatives"][0]["thumbnail"])[:2] == b"\xff\xd8"  # a JPEG
+    assert p["heatmap"].startswith("data:image/png;base64,")
+
+
+def test_restart_rebuilds_the_same_knowledge_from_the_store(tmp_path):
+    first = Station(config(tmp_path))
+    teach(first, "red")
+    teach(first, "green", user="ann")
+    probe = colour_image("green", 50)
+    before = first.predict(probe, enqueue=False)
+    first.store._db.close()  # like a crash: no checkpoint, no clean close
+    second = Station(config(tmp_path))
+    after = second.predict(probe, enqueue=False)
+    assert after["label"] == before["label"] == "green"
+    assert after["confidence"] == pytest.approx(before["confidence"], abs=1e-6)
+    assert second.status()["examples"] == 8
+    assert second.store.events(1)[0]["user"] == "ann"
+    second.close()
+
+
+def test_consolidate_and_rollback_are_versions(station):
+    teach(station, "red")
+    v_red = station.consolidate()["version"]
+    teach(station, "blue")
+    assert station.predict(colour_image("blue", 9))["label"] == "blue"
+    result = station.rollback(v_red)
+    assert result["classes"] == ["red"] and result["version"] > v_red
+    assert station.store.versions()[0]["reason"] == f"rollback to version {v_red}"
+    with pytest.raises(EdgelearnError, match="no knowledge version"):
+        station.rollback(999)
+
+
+def test_corrections_are_logged_and_calibrate_the_confidence(station):
+    teach(station, "red", n=3)
+    teach(station, "blue", n=3)
+    for i in range(12):  # confirmations of known classes: scored before they are learned
+        p = station.predict(colour_image("red", 100 + i), enqueue=False)
+        station.learn([colour_image("red", 100 + i)], ["red"], kind="confirm", predicted=[p["label"]],
+                      confidence=[p["confidence"]])
+        station.learn([colour_image("blue", 200 + i)], ["blue"], kind="teach")
+    status = station.status()
+    assert status["live_calibration"]["n"] == 12
+    assert status["temperature"] != 1.0 and station.store.get("temperature") == status["temperature"]
+
+
+def test_low_confidence_predictions_wait_in_the_queue_and_labelling_learns_them(tmp_path):
+    station = Station(config(tmp_path, queue_below=1.01))  # queue everything
+    teach(station, "red")
+    teach(station, "blue")
+    station.predict(colour_image("green"))
+    station.predict(colour_image("green"))  # the same scene again: not queued twice
+    (item,) = station.store.queue()
+    assert item["has_image"] == 0  # no images kept unless the user opted in
+    station.label_queue(item["id"], "green", user="bob")
+    assert "green" in station.rec.classes
+    assert station.store.events(1)[0]["kind"] == "label"
+    with pytest.raises(EdgelearnError, match="already labelled"):
+        station.label_queue(item["id"], "green")
+    station.close()
+
+
+def test_export_import_merges_and_refuses_other_backbones(tmp_path):
+    a = Station(config(tmp_path / "a"))
+    b = Station(config(tmp_path / "b"))
+    teach(a, "red")
+    teach(b, "blue")
+    teach(b, "green")
+    result = a.import_package(b.export(), "b.edge")
+    assert set(result["classes"]) == {"red", "blue", "green"}
+    assert a.predict(colour_image("green", 7))["label"] == "green"
+    assert a.store.sites()[0]["id"] == "unknown"
+    other = Recognizer.create("tiny", learner="slda", weights="random", input_size=32, seed=1)
+    other.learn([colour_image("red")], ["red"])
+    with pytest.raises(IncompatibleError, match="another backbone"):
+        a.import_package(other.to_bytes(), "other.edge")
+    tampered = bytearray(b.export())
+    tampered[-3] ^= 1
+    with pytest.raises(EdgelearnError, match="integrity|damaged"):
+        a.import_package(bytes(tampered), "tampered.edge")
+    a.close()
+    b.close()
+
+
+def test_token_is_made_once_and_kept_private(tmp_path):
+    token, new = station_token(tmp_path)
+    assert new and len(token) >= 20
+    assert (tmp_path / "token").stat().st_mode & 0o777 == 0o600
+    assert station_token(tmp_path) == (token, False)
+    assert station_token(tmp_path, "given") == ("given", False)
+
+
+# -- uploads and videos ------------------------------------------------------------------------------
+def png(name, seed=0):
+    buf = io.BytesIO()
+    colour_image(name, seed).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_zip_uploads_take_labels_from_folders():
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("parts/red/a.png", png("red"))
+        z.writestr("parts/blue/b.png", png("blue"))
+        z.writestr("readme.txt", "ignored")
+    pairs = labelled_images("set.zip", buf.getvalue(), None, max_pixels=10**6)
+    assert sorted(label for _, label in pairs) == ["parts/blue", "parts/red"]
+    assert [label for _, label in labelled_images("set.zip", buf.getvalue(), "x", max_pixels=10**6)] == ["x", "x"]
+    with pytest.raises(ImageError, match="not a readable zip"):
+        labelled_images("broken.zip", b"PK\x03\x04garbage", None, max_pixels=10**6)
+    with pytest.raises(ValueError, match="give a label"):
+        labelled_images("a.png", png("red"), None, max_pixels=10**6)
+    with pytest.raises(ImageError, match="limit"):
+        labelled_images("a.png", png("red"), "red", max_pixels=100)
+
+
+def write_video(path, colours, frames_each=12, size=(64, 48)):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, size)
+    for name in colours:
+        for i in range(frames_each):
+            frame = np.zeros((size[1], size[0], 3), np.uint8)
+            frame[:] = COLOURS[name][::-1]
+            frame[:, : 4 + i // 6] = 255  # a tiny change between frames: near-duplicates
+            writer.write(frame)
+    writer.release()
+    return path
+
+
+def test_frames_from_concept_folders_drop_near_duplicates(tmp_path):
+    (tmp_path / "videos/bike/saddle").mkdir(parents=True)
+    (tmp_path / "videos/bike/wheel").mkdir(parents=True)
+    write_video(tmp_path / "videos/bike/saddle/clip1.avi", ["red", "blue"])
+    write_video(tmp_path / "videos/bike/wheel/clip2.avi", ["green"])
+    assert len(list(read_frames(tmp_path / "videos/bike/saddle/clip1.avi", every=3))) == 8
+    written = extract_dataset(tmp_path / "videos", tmp_path / "out", every=3)
+    assert set(written) == {"bike/saddle", "bike/wheel"}
+    assert written["bike/saddle"] < 8 and written["bike/saddle"] >= 1
+    assert len(list((tmp_path / "out/bike/saddle").glob("clip1_*.jpg"))) == written["bike/saddle"]
+    everything = extract_dataset(tmp_path / "videos", tmp_path / "all", every=3, max_distance=None)
+    assert everything["bike/saddle"] == 8
+
+
+def test_bad_videos_and_folders_are_refused(tmp_path):
+    (tmp_path / "v/c").mkdir(parents=True)
+    (tmp_path / "v/c/broken.mp4").write_bytes(b"not a video at all")
+    with pytest.raises(ImageError, match="broken.mp4"):
+        extract_dataset(tmp_path / "v", tmp_path / "out")
+    with pytest.raises(DatasetError, match="no such folder"):
+        extract_dataset(tmp_path / "missing", tmp_path / "out")
+    with pytest.raises(DatasetError, match="no videos"):
+        extract_dataset(tmp_path / "out", tmp_path / "o2")
