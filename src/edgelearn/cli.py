@@ -313,8 +313,8 @@ def serve(
               f"version {station.store.active_version})")
     err.print(f"write token{' (new, kept in ' + str(data / 'token') + ')' if new else ''}: {write_token}")
     err.print(f"open http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/ in a browser")
-    uvicorn.run(create_app(station, write_token, max_upload_bytes=max_upload_mb * 2**20), host=host, port=port, log_level="info",
-                timeout_graceful_shutdown=10)
+    api = create_app(station, write_token, max_upload_bytes=max_upload_mb * 2**20)
+    uvicorn.run(api, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
 
 
 @app.command()

@@ -5,7 +5,14 @@ from PIL import Image
 from edgelearn import Recognizer
 from edgelearn.explain import HeatMapper, deletion_curve, expected_calibration_error, fit_temperature, overlay
 from edgelearn.explain.calibration import OnlineTemperature, reliability
-from edgelearn.explain.representatives import METHODS, SIMILARITIES, distance_matrix, get_similarity, nearest, pick_diverse
+from edgelearn.explain.representatives import (
+    METHODS,
+    SIMILARITIES,
+    distance_matrix,
+    get_similarity,
+    nearest,
+    pick_diverse,
+)
 from edgelearn.learners import make_learner
 from edgelearn.learners.base import softmax
 from tests.conftest import blobs
