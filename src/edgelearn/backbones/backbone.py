@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.transforms import v2 as T
 
 from edgelearn.backbones.padding import use_tf_same_padding
@@ -50,7 +51,7 @@ class Backbone:
                  weights: WeightsSource, padding: str):
         self.name = name
         # channels-last runs MobileNet-style depthwise convs ~1.5x faster on x86 CPUs (measured)
-        self.model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+        self.model = fuse_batch_norms(model.eval().requires_grad_(False)).to(memory_format=torch.channels_last)
         self.preprocessing = preprocessing
         self.weights = weights
         self.padding = padding
@@ -102,6 +103,21 @@ class Backbone:
     def __repr__(self) -> str:
         return (f"Backbone({self.name!r}, weights={self.weights.ident[:24]!r}, "
                 f"input_size={self.preprocessing.input_size}, feature_dim={self.feature_dim})")
+
+
+def fuse_batch_norms(model: nn.Module) -> nn.Module:
+    """Fold each eval-mode BatchNorm2d that directly follows a Conv2d (in a Sequential) into the
+    conv's weights, in place (the conv keeps its hooks), and drop the BatchNorm: the same function,
+    one pass fewer over every feature map."""
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+                weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
+                                                    bn.eps, bn.weight, bn.bias)
+                conv.weight, conv.bias = weight.requires_grad_(False), bias.requires_grad_(False)
+                seq[i + 1] = nn.Identity()
+    return model
 
 
 def build_backbone(name: str = "mobilenet_v2", *, weights: str | os.PathLike | None = None,

@@ -81,11 +81,13 @@ class OnlineTemperature:
     *before* it is learned (so it is held out for the model of that moment), its logits go into a
     bounded buffer, and the temperature is refitted on the buffer as it grows.
 
-    Rows have as many logits as there were classes then; shorter rows are padded with ``-inf``
-    (probability 0 for classes that did not exist yet).
+    The buffer is short (``capacity`` recent examples) because the model keeps changing: an early,
+    over-confident model's mistakes would otherwise set the temperature for a later, better one
+    (``benchmarks/station.py`` measures it). Rows have as many logits as there were classes then;
+    shorter rows are padded with ``-inf`` (probability 0 for classes that did not exist yet).
     """
 
-    def __init__(self, capacity: int = 1000, min_examples: int = 20):
+    def __init__(self, capacity: int = 200, min_examples: int = 20):
         self.capacity, self.min_examples = capacity, min_examples
         self.rows: list[np.ndarray] = []
         self.targets: list[int] = []

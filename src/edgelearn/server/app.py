@@ -15,6 +15,8 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request,
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile as StarletteUpload
 
 from edgelearn import __version__
 from edgelearn.data.images import load_image
@@ -26,6 +28,22 @@ STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD_BYTES = 200 * 2**20  # one request: a zip or a short video
 MAX_IMAGE_BYTES = 20 * 2**20
 MAX_PIXELS = 40_000_000
+
+
+class SizeLimit:
+    """Refuse a request whose declared body is over ``max_bytes`` before reading it (plain ASGI:
+    Starlette's BaseHTTPMiddleware would cost every request a few milliseconds)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.max_bytes:
+                response = JSONResponse({"detail": f"upload larger than {self.max_bytes // 2**20} MiB"}, 413)
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
@@ -51,12 +69,7 @@ def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLO
 
     Writer = Annotated[str | None, Depends(writer)]
 
-    @app.middleware("http")
-    async def limit_size(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_upload_bytes:
-            return JSONResponse({"detail": f"upload larger than {max_upload_bytes // 2**20} MiB"}, 413)
-        return await call_next(request)
+    app.add_middleware(SizeLimit, max_bytes=max_upload_bytes)
 
     @app.exception_handler(EdgelearnError)
     @app.exception_handler(ValueError)
@@ -69,10 +82,6 @@ def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLO
             raise HTTPException(413, f"{upload.filename}: larger than {limit // 2**20} MiB")
         return data
 
-    def image_of(upload: UploadFile):
-        data = read(upload, min(MAX_IMAGE_BYTES, max_upload_bytes))
-        return load_image(data, name=upload.filename or "upload", max_pixels=max_pixels)
-
     @app.get("/", include_in_schema=False)
     def page():
         return FileResponse(STATIC / "index.html")
@@ -81,15 +90,39 @@ def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLO
     def status() -> dict:
         return station.status()
 
-    @app.post("/api/predict")
-    def predict(image: Annotated[UploadFile, File(description="An image (a camera frame or a photo).")],
-                top_k: Annotated[int, Query(ge=1, le=50)] = 5,
-                heatmap: bool = False,
-                representatives: Annotated[int, Query(ge=0, le=10)] = 1,
-                enqueue: bool = True) -> dict:
-        """Classify: label (null = unknown), confidence, alternatives, representatives, heat map."""
-        return station.predict(image_of(image), top_k=top_k, heatmap=heatmap, representatives=representatives,
-                               enqueue=enqueue)
+    image_body = {"requestBody": {"required": True, "content": {
+        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
+                                           "properties": {"image": {"type": "string", "format": "binary"}}}}}}}
+
+    @app.post("/api/predict", openapi_extra=image_body)
+    async def predict(request: Request,
+                      top_k: Annotated[int, Query(ge=1, le=50)] = 5,
+                      heatmap: bool = False,
+                      representatives: Annotated[int, Query(ge=0, le=10)] = 1,
+                      enqueue: bool = True) -> JSONResponse:
+        """Classify one image: label (null = unknown), confidence, alternatives, representatives, heat map.
+
+        Send the image as the request body (``Content-Type: image/jpeg``, what the camera page does:
+        the fast path) or as the ``image`` field of a form."""
+        limit = min(MAX_IMAGE_BYTES, max_upload_bytes)
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            async with request.form(max_files=1) as form:
+                upload = form.get("image")
+                if not isinstance(upload, StarletteUpload):
+                    raise HTTPException(422, "the form needs an 'image' file field")
+                name, data = upload.filename or "upload", await upload.read(limit + 1)
+        else:
+            name, data = "body", await request.body()
+        if len(data) > limit:
+            raise HTTPException(413, f"{name}: larger than {limit // 2**20} MiB")
+
+        def work() -> dict:
+            image = load_image(data, name=name, max_pixels=max_pixels)
+            return station.predict(image, top_k=top_k, heatmap=heatmap, representatives=representatives,
+                                   enqueue=enqueue)
+
+        return JSONResponse(await run_in_threadpool(work))
 
     @app.post("/api/learn")
     def learn(user: Writer,

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from edgelearn.errors import EdgelearnError
@@ -19,6 +20,7 @@ from edgelearn.explain import HeatMapper, expected_calibration_error, get_simila
 from edgelearn.explain.calibration import OnlineTemperature
 from edgelearn.knowledge import TrustStore
 from edgelearn.recognizer import Recognizer, _check_label
+from edgelearn.server.batching import Batcher
 from edgelearn.store import Store
 
 THUMBNAIL_SIDE = 160
@@ -56,6 +58,7 @@ class Station:
         self._signatures: dict[int, object] = {}
         self._last_queued: np.ndarray | None = None
         self._calibration = OnlineTemperature()
+        self._batcher = Batcher(self._embed_batch)
         self.rec.temperature = self.store.get("temperature", self.rec.temperature)
 
     # -- start ----------------------------------------------------------------------------------------
@@ -80,9 +83,13 @@ class Station:
         return rec
 
     # -- predictions ----------------------------------------------------------------------------------
+    def _embed_batch(self, batch):
+        with torch.inference_mode():
+            return self.rec.backbone.embed_tensor(batch).numpy()
+
     def predict(self, image: Image.Image, *, top_k: int = 5, heatmap: bool = False, representatives: int = 1,
                 enqueue: bool = True) -> dict:
-        features = self.rec.embed([image], batch_size=1)
+        features = self._batcher.submit(self.rec.backbone.transform(image))
         with self._lock:
             rec = self.rec
             if not rec.classes:
@@ -265,6 +272,7 @@ class Station:
         }
 
     def close(self) -> None:
+        self._batcher.close()
         self.store.close()
 
 

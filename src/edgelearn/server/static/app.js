@@ -35,11 +35,11 @@ async function api(path, { method = "GET", form = null } = {}) {
 const pct = (x) => (100 * x).toFixed(1) + "%";
 
 async function predict(blob, { enqueue = true } = {}) {
-  const form = new FormData();
-  form.append("image", blob, "frame.jpg");
   const heat = $("want-heatmap").checked;
-  const p = await api(`/api/predict?top_k=5&heatmap=${heat}&representatives=1&enqueue=${enqueue}`,
-                      { method: "POST", form });
+  const response = await fetch(`/api/predict?top_k=5&heatmap=${heat}&representatives=1&enqueue=${enqueue}`,
+                               { method: "POST", body: blob, headers: { "Content-Type": blob.type || "image/jpeg" } });
+  const p = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(p.detail || response.statusText);
   lastImage = blob;
   lastPrediction = p;
   show(p);
