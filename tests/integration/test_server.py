@@ -87,6 +87,15 @@ def test_teach_predict_correct_consolidate_rollback_over_http(server):
     assert server.client.post("/api/versions/999/rollback", headers=auth).status_code == 404
 
 
+def test_a_frame_can_be_sent_as_the_request_body(server):
+    r = server.client.post("/api/predict", content=png("blue", 43), headers={"Content-Type": "image/png"})
+    assert r.status_code == 200 and r.json()["label"] == "parts/blue"
+    r = server.client.post("/api/predict", content=b"garbage", headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 400 and "not an image" in r.json()["detail"]
+    r = server.client.post("/api/predict", files={"other": ("x.png", png("red"))})
+    assert r.status_code == 422
+
+
 def test_videos_teach_their_frames(server, tmp_path):
     video = write_video(tmp_path / "clip.avi", ["green", "red"], frames_each=10).read_bytes()
     r = server.client.post("/api/learn", headers=server.auth(), data={"label": "clip", "every": "5"},

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from edgelearn.backbones import build_backbone, list_backbones, register_backbone
+from edgelearn.backbones.backbone import fuse_batch_norms
 from edgelearn.backbones.padding import use_tf_same_padding
 from edgelearn.errors import WeightsError
 
@@ -98,3 +99,25 @@ def test_tf_same_padding_pads_after_on_even_sizes():
     assert y.shape == (1, 1, 2, 2)
     # TF 'SAME': window 0 covers rows/cols 0..2 fully inside (9 ones); the last window pads after
     assert y[0, 0, 0, 0].item() == 9 and y[0, 0, 1, 1].item() == 4
+
+
+def test_fusing_batch_norms_keeps_the_function_and_the_conv_hooks():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                torch.nn.Sequential(torch.nn.Conv2d(8, 4, 1, bias=False), torch.nn.BatchNorm2d(4)))
+    for bn in (model[1], model[3][1]):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-1, 1)
+    calls = []
+    model[0].register_forward_pre_hook(lambda m, a: calls.append(1))
+    model.eval()
+    x = torch.randn(2, 3, 17, 17)
+    with torch.no_grad():
+        expected = model(x)
+        fuse_batch_norms(model)
+        got = model(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert len(calls) == 2  # the hook (TF padding lives in such hooks) still runs

@@ -82,3 +82,36 @@ def test_demo_runs_the_main_job_on_a_given_folder(runner, image_folder, tmp_path
     out = run_json(runner, "demo", image_folder, "--steps", "3", "--weights", "random", "-o", tmp_path / "d.edge")
     assert len(out["history"]) == 3 and out["evaluation"]["n"] == 9
     assert (tmp_path / "d.edge").is_file()
+
+
+def test_representatives_picks_k_per_class_and_copies_them(runner, image_folder, tmp_path):
+    out = run_json(runner, "representatives", image_folder / "train", "--per-class", "2", "--method", "hist",
+                   "-o", tmp_path / "reps")
+    assert out["method"] == "hist" and set(out["representatives"]) == {"red", "green", "blue"}
+    assert all(len(v) == 2 and len(set(v)) == 2 for v in out["representatives"].values())
+    assert len(list((tmp_path / "reps" / "red").iterdir())) == 2
+    features = run_json(runner, "representatives", image_folder / "train", "--per-class", "1", "--method",
+                        "feature", "--weights", "random")
+    assert features["method"] == "feature"
+    result = runner.invoke(app, ["representatives", str(image_folder / "train"), "--method", "nope"])
+    assert result.exit_code == 1 and "unknown similarity method" in result.output
+
+
+def test_frames_turns_concept_folders_of_videos_into_a_data_set(runner, tmp_path):
+    from tests.unit.test_station import write_video
+
+    (tmp_path / "videos/handbrake").mkdir(parents=True)
+    write_video(tmp_path / "videos/handbrake/clip.avi", ["red", "blue"])
+    out = run_json(runner, "frames", tmp_path / "videos", "-o", tmp_path / "data", "--every", "2")
+    assert out["frames"]["handbrake"] == out["total"] >= 2
+    assert len(list((tmp_path / "data/handbrake").glob("*.jpg"))) == out["total"]
+    bad = runner.invoke(app, ["frames", str(tmp_path / "nothing"), "-o", str(tmp_path / "x")])
+    assert bad.exit_code == 1 and "no such folder" in bad.output
+
+
+def test_calibrate_fits_a_temperature_and_saves_it(runner, image_folder, tmp_path):
+    model = tmp_path / "m.edge"
+    run_json(runner, "learn", image_folder, "-o", model, "--learner", "slda", *TINY)
+    out = run_json(runner, "calibrate", model, image_folder, "--weights", "random")
+    assert out["n"] == 9 and out["temperature"] > 0 and out["ece_after"] <= out["ece_before"] + 1e-9
+    assert run_json(runner, "info", model)["temperature"] == pytest.approx(out["temperature"])

@@ -98,6 +98,32 @@ def test_rollup_sums_leaf_probabilities():
 def test_unknown_below_threshold_and_bad_labels(trained):
     rec, test = trained
     rec.learner.unknown_threshold = 1.1  # nothing is that certain
-    assert rec.predict(test.paths[:1])[0].label is None
+    unknown = rec.predict(test.paths[:1], top_k=2)[0]
+    assert unknown.label is None
+    assert len(unknown.alternatives) == 2 and unknown.alternatives[0][1] == unknown.confidence  # best first
     with pytest.raises(ValueError, match="invalid label"):
         rec.learn([Image.new("RGB", (8, 8))], ["a//b"])
+
+
+@pytest.mark.parametrize("learner", ["slda", "ncm", "fuzzy_artmap"])
+def test_an_empty_recognizer_round_trips_through_bytes(learner):
+    rec = Recognizer.create("tiny", learner=learner, weights="random")
+    again = Recognizer.from_bytes(rec.to_bytes(), backbone=rec.backbone)
+    assert again.classes == [] and again.learner.kind == rec.learner.kind
+    again.learn([Image.new("RGB", (32, 32), "red")], ["red"])
+    assert again.classes == ["red"]
+
+
+def test_calibration_temperature_is_fitted_on_held_out_data_and_saved(trained, tmp_path):
+    rec, test = trained
+    X = rec.embed(test.paths)
+    before = rec.predict_proba(X)[1].max(axis=1)
+    t = rec.calibrate(X, test.labels)
+    assert t > 0 and rec.temperature == t
+    after = rec.predict_proba(X)[1].max(axis=1)
+    assert not np.allclose(before, after)
+    assert (rec.predict_proba(X)[1].argmax(1) == rec.learner.predict_proba(X).argmax(1)).all()  # same decisions
+    rec.save(tmp_path / "c.edge")
+    assert Recognizer.load(tmp_path / "c.edge").temperature == t
+    with pytest.raises(ValueError, match="known class"):
+        rec.calibrate(X[:1], ["never-seen"])
