@@ -95,7 +95,7 @@ def pick_diverse(D: np.ndarray, k: int) -> list[int]:
 
     >>> D = np.abs(np.subtract.outer([0., 0.1, 0.2, 5., 5.1, 10.], [0., 0.1, 0.2, 5., 5.1, 10.]))
     >>> pick_diverse(D, 3)
-    [3, 5, 0]
+    [3, 0, 5]
     """
     n = len(D)
     if n == 0 or k <= 0:
