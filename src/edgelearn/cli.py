@@ -289,7 +289,8 @@ def serve(
                                               "of feedback and queued frames.")] = False,
     representatives: Annotated[str, typer.Option(help="How representatives are matched: feature, phash, hist, "
                                                  "ssim, ...")] = "feature",
-    unknown_below: Annotated[float, typer.Option(help="Say 'unknown' below this confidence.")] = 0.0,
+    unknown_below: Annotated[float, typer.Option(help="Say 'unknown' below this calibrated confidence (0: never).")]
+    = 0.5,
     queue_below: Annotated[float, typer.Option(help="Queue predictions below this confidence for labelling.")]
     = 0.5,
     trust: Annotated[Path | None, typer.Option(help="Folder of trusted public keys: imports must be signed.")]

@@ -198,3 +198,28 @@ def test_bad_videos_and_folders_are_refused(tmp_path):
         extract_dataset(tmp_path / "missing", tmp_path / "out")
     with pytest.raises(DatasetError, match="no videos"):
         extract_dataset(tmp_path / "out", tmp_path / "o2")
+
+
+def test_checkpoints_bound_the_replay_and_keep_the_knowledge(tmp_path):
+    station = Station(config(tmp_path, checkpoint_every=5))
+    teach(station, "red", n=3)
+    teach(station, "blue", n=3)  # 6 events on version 1 -> a checkpoint
+    assert station.store.versions()[0]["reason"] == "checkpoint"
+    assert station.store.events_on(station.store.active_version) == 0
+    teach(station, "green", n=2)
+    station.close()
+    again = Station(config(tmp_path, checkpoint_every=5))
+    assert sorted(again.rec.classes) == ["blue", "green", "red"] and again.status()["examples"] == 8
+    again.close()
+
+
+def test_unknown_below_the_threshold_still_lists_the_closest_classes(tmp_path):
+    station = Station(config(tmp_path, unknown_below=1.01))  # nothing is that certain
+    teach(station, "red")
+    teach(station, "blue")
+    p = station.predict(colour_image("red", 77), enqueue=False)
+    assert p["label"] is None and p["alternatives"][0]["label"] == "red"
+    station.close()
+    relaxed = Station(config(tmp_path, unknown_below=0))  # a setting of the station, not of its knowledge
+    assert relaxed.predict(colour_image("red", 77), enqueue=False)["label"] == "red"
+    relaxed.close()

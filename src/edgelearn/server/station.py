@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from edgelearn.backbones import build_backbone
 from edgelearn.errors import EdgelearnError
 from edgelearn.explain import HeatMapper, expected_calibration_error, get_similarity, nearest, overlay, png_bytes
 from edgelearn.explain.calibration import OnlineTemperature
@@ -38,7 +39,7 @@ class StationConfig:
     keep_images: bool = False  # opt-in: thumbnails for representatives and images of feedback events
     thumbnails_per_class: int = 12
     representatives: str = "feature"  # or any image similarity: phash, hist, ssim, ...
-    unknown_below: float = 0.0  # top probability below this -> "unknown"
+    unknown_below: float = 0.5  # calibrated top probability below this -> "unknown" (0: never)
     queue_below: float = 0.5  # predictions less confident than this wait in the labelling queue
     checkpoint_every: int = 500  # events; bounds the replay on start
     trust: Path | None = None  # folder of trusted sites' public keys: imports must be signed by one
@@ -59,21 +60,26 @@ class Station:
         self._last_queued: np.ndarray | None = None
         self._calibration = OnlineTemperature()
         self._batcher = Batcher(self._embed_batch)
-        self.rec.temperature = self.store.get("temperature", self.rec.temperature)
+        self._adopt(self.rec)
+
+    def _adopt(self, rec: Recognizer) -> Recognizer:
+        """The station's own settings apply to whatever knowledge it holds (loaded, rolled back, imported)."""
+        rec.temperature = self.store.get("temperature", 1.0)
+        rec.learner.unknown_threshold = self.config.unknown_below or None
+        self.rec = rec
+        return rec
 
     # -- start ----------------------------------------------------------------------------------------
     def _open(self) -> Recognizer:
         c = self.config
         version = self.store.active_version
         if version is None:
-            rec = Recognizer.create(c.backbone, learner=c.learner, weights=c.weights, input_size=c.input_size,
-                                    unknown_threshold=c.unknown_below or None)
+            rec = Recognizer.create(c.backbone, learner=c.learner, weights=c.weights, input_size=c.input_size)
             self.store.set("created_with", {"backbone": c.backbone, "learner": c.learner,
                                             "input_size": c.input_size})
             self.store.add_version(rec.to_bytes(), "initial", classes=0, examples=0)
             return rec
         saved = self.store.get("created_with", {})
-        from edgelearn.backbones import build_backbone
         backbone = build_backbone(saved.get("backbone", c.backbone), weights=c.weights,
                                   input_size=saved.get("input_size"))
         rec = Recognizer.from_bytes(self.store.package(version), f"store version {version}", backbone=backbone)
@@ -122,7 +128,6 @@ class Station:
     def _representatives(self, image, features, labels, k: int) -> list[dict]:
         if k <= 0 or not labels:
             return []
-        labels = [label for label in labels if isinstance(label, str)]
         stored = self.store.thumbnails(labels)
         if not stored:
             return []
@@ -143,7 +148,8 @@ class Station:
 
     def _signature(self, thumbnail: int, similarity):
         if thumbnail not in self._signatures:
-            self._signatures[thumbnail] = similarity.signature(Image.open(io.BytesIO(self.store.thumbnail(thumbnail))))
+            image = Image.open(io.BytesIO(self.store.thumbnail(thumbnail)))
+            self._signatures[thumbnail] = similarity.signature(image)
         return self._signatures[thumbnail]
 
     def _enqueue(self, image, features, prediction) -> None:
@@ -176,7 +182,7 @@ class Station:
             for label, vector, image in zip(labels, features, images or [None] * len(labels), strict=True):
                 if image is not None:
                     self.store.add_thumbnail(label, image, vector, self.config.thumbnails_per_class)
-            if len(self.store.replay(self.store.active_version)[1]) >= self.config.checkpoint_every:
+            if self.store.events_on(self.store.active_version) >= self.config.checkpoint_every:
                 self._new_version("checkpoint", user)
         return {"events": ids, "classes": self.rec.classes}
 
@@ -221,9 +227,7 @@ class Station:
     def rollback(self, version: int, user: str | None = None) -> dict:
         package = self.store.package(version)
         with self._lock:
-            temperature = self.rec.temperature  # the station's calibration outlives its knowledge versions
-            self.rec = Recognizer.from_bytes(package, f"version {version}", backbone=self.rec.backbone)
-            self.rec.temperature = temperature
+            self._adopt(Recognizer.from_bytes(package, f"version {version}", backbone=self.rec.backbone))
             new = self.store.add_version(package, f"rollback to version {version}", parent=version, user=user,
                                          classes=len(self.rec.classes), examples=sum(self.rec.examples_seen.values()))
         return {"version": new, **self._summary()}
@@ -241,8 +245,7 @@ class Station:
         site = (other.sources[0].get("site") if other.sources else None) or "unknown"
         with self._lock:
             if not self.rec.classes:  # nothing learned here yet: adopt it, whatever its learner kind
-                other.temperature = self.store.get("temperature", other.temperature)
-                self.rec = other
+                self._adopt(other)
             else:
                 self.rec.merge(other)
             version = self._new_version(f"merge from {site}", user, site=site)
@@ -264,7 +267,7 @@ class Station:
             "backbone": self.rec.backbone.fingerprint,
             "active_version": self.store.active_version,
             "events": self.store.count("events"),
-            "open_queue": len(self.store.queue(limit=10_000)),
+            "open_queue": self.store.open_queue_size(),
             "live_calibration": {"n": int(len(confidence)),
                                  "accuracy": float(correct.mean()) if len(correct) else None,
                                  "ece": expected_calibration_error(confidence, correct) if len(correct) else None},

@@ -167,6 +167,10 @@ class Store:
             return np.zeros((0, 0), np.float32), []
         return np.stack([np.frombuffer(r["features"], np.float32) for r in rows]), [r["label"] for r in rows]
 
+    def events_on(self, version: int) -> int:
+        """How many events would be replayed on top of ``version``."""
+        return self._query("SELECT count(*) AS n FROM events WHERE base_version = ?", (version,))[0]["n"]
+
     def events(self, limit: int = 100) -> list[dict]:
         return self._query("SELECT id, created_at, user, kind, label, predicted, confidence, base_version, "
                            "feature_hash, image IS NOT NULL AS has_image FROM events ORDER BY id DESC LIMIT ?",
@@ -226,6 +230,9 @@ class Store:
         return self._query("SELECT id, created_at, predicted, confidence, status, label, feature_hash, "
                            "image IS NOT NULL AS has_image FROM queue WHERE status = ? ORDER BY confidence, id "
                            "LIMIT ?", (status, limit))
+
+    def open_queue_size(self) -> int:
+        return self._query("SELECT count(*) AS n FROM queue WHERE status = 'open'")[0]["n"]
 
     def queue_item(self, item: int) -> dict:
         rows = self._query("SELECT * FROM queue WHERE id = ?", (item,))
