@@ -35,6 +35,7 @@ from tests.integration.server import Server  # noqa: E402
 
 LEARNERS = ("slda", "ncm", "fuzzy_artmap")
 SIZES = (96, 224)
+RUNTIMES = ("torch", "onnx")
 CLIENTS = (1, 8)
 
 
@@ -97,12 +98,12 @@ def served(args, teach: dict[str, list[bytes]], queries: list[bytes]) -> list[di
     from edgelearn.backbones import build_backbone
 
     rows = []
-    for size in SIZES:
-        backbone = build_backbone("mobilenet_v2", weights=args.weights, input_size=size)
+    for runtime, size in [(r, s) for r in RUNTIMES for s in SIZES]:
+        backbone = build_backbone("mobilenet_v2", weights=args.weights, input_size=size, runtime=runtime)
         raw, runs = [], {c: [] for c in CLIENTS}
         with tempfile.TemporaryDirectory() as tmp:
             server = Server(Path(tmp) / "data", "--backbone", "mobilenet_v2", "--weights", args.weights,
-                            "--input-size", str(size), log=Path(tmp) / "serve.log")
+                            "--input-size", str(size), "--runtime", runtime, log=Path(tmp) / "serve.log")
             try:
                 for label, images in teach.items():
                     r = server.client.post("/api/learn", headers=server.auth(), data={"label": label},
@@ -118,18 +119,18 @@ def served(args, teach: dict[str, list[bytes]], queries: list[bytes]) -> list[di
             finally:
                 server.stop()
         one = raw_backbone(backbone, queries, args.requests, threads=1)
-        rows.append({"size": size, "clients": 0, "raw_frames_per_s": float(np.median(raw)), "raw_runs": raw,
-                     "raw_frames_per_s_1_thread": one})
-        print(f"  {size}px raw backbone: {np.median(raw):.1f} img/s (runs {np.round(raw, 1).tolist()}; "
+        rows.append({"runtime": runtime, "size": size, "clients": 0, "raw_frames_per_s": float(np.median(raw)),
+                     "raw_runs": raw, "raw_frames_per_s_1_thread": one})
+        print(f"  {runtime} {size}px raw backbone: {np.median(raw):.1f} img/s (runs {np.round(raw, 1).tolist()}; "
               f"{one:.1f} on one thread)", flush=True)
         for clients, results in runs.items():
             ms = np.concatenate([r["latencies_ms"] for r in results])
             fps = [r["frames_per_s"] for r in results]
-            row = {"size": size, "clients": clients, "frames_per_s": float(np.median(fps)), "runs": fps,
+            row = {"runtime": runtime, "size": size, "clients": clients, "frames_per_s": float(np.median(fps)), "runs": fps,
                    "requests": int(len(ms)), "p50_ms": float(np.percentile(ms, 50)),
                    "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
             rows.append(row)
-            print(f"  {size}px {clients} client(s): {row['frames_per_s']:.1f} frames/s (runs "
+            print(f"  {runtime} {size}px {clients} client(s): {row['frames_per_s']:.1f} frames/s (runs "
                   f"{np.round(fps, 1).tolist()}), p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms", flush=True)
     return rows
 
@@ -280,20 +281,20 @@ def main() -> None:
 
 
 def report(args, http, costs, calib, faith) -> None:
-    def find(size, clients):
-        return next(r for r in http if r["size"] == size and r["clients"] == clients)
+    def find(runtime, size, clients):
+        return next(r for r in http if r["runtime"] == runtime and r["size"] == size and r["clients"] == clients)
 
     summary = {}
-    for size in SIZES:
-        raw = find(size, 0)["raw_frames_per_s"]
-        summary[f"raw_backbone_fps_{size}"] = raw
-        summary[f"raw_backbone_fps_1_thread_{size}"] = find(size, 0)["raw_frames_per_s_1_thread"]
+    for runtime, size in [(r, s) for r in RUNTIMES for s in SIZES]:
+        raw = find(runtime, size, 0)["raw_frames_per_s"]
+        summary[f"raw_backbone_fps_{runtime}_{size}"] = raw
+        summary[f"raw_backbone_fps_1_thread_{runtime}_{size}"] = find(runtime, size, 0)["raw_frames_per_s_1_thread"]
         for clients in CLIENTS:
-            r = find(size, clients)
-            summary[f"served_fps_{size}_{clients}c"] = r["frames_per_s"]
-            summary[f"p50_ms_{size}_{clients}c"] = r["p50_ms"]
-            summary[f"p99_ms_{size}_{clients}c"] = r["p99_ms"]
-        summary[f"served_over_raw_{size}_1c"] = find(size, 1)["frames_per_s"] / raw
+            r = find(runtime, size, clients)
+            summary[f"served_fps_{runtime}_{size}_{clients}c"] = r["frames_per_s"]
+            summary[f"p50_ms_{runtime}_{size}_{clients}c"] = r["p50_ms"]
+            summary[f"p99_ms_{runtime}_{size}_{clients}c"] = r["p99_ms"]
+            summary[f"served_over_raw_{runtime}_{size}_{clients}c"] = r["frames_per_s"] / raw
     summary.update({k: v for k, v in costs.items() if k != "thumbnails"})
     for key in ("ece_raw", "ece_online", "ece_fitted", "accuracy"):
         for learner in LEARNERS:
@@ -306,16 +307,17 @@ def report(args, http, costs, calib, faith) -> None:
              f"(requests {args.requests}, seeds {args.seeds}; 2-core x86 CPU, no GPU; MobileNetV2 + SLDA,",
              "10 imagenette classes taught through the API with 10 images each; predictions with top-5 and",
              "representatives, no heat map).", "", "## Served through HTTP (real uvicorn on loopback)", "",
-             "| size | clients | frames/s | p50 ms | p99 ms | raw backbone img/s (batch 1) | served / raw |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
-    for size in SIZES:
-        raw = find(size, 0)["raw_frames_per_s"]
+             "| runtime | size | clients | frames/s | p50 ms | p99 ms | raw backbone img/s (batch 1) | served / raw |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for runtime, size in [(r, s) for r in RUNTIMES for s in SIZES]:
+        raw = find(runtime, size, 0)["raw_frames_per_s"]
         for clients in CLIENTS:
-            r = find(size, clients)
-            lines.append(f"| {size} | {clients} | {r['frames_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
-                         f"{raw:.1f} | {r['frames_per_s'] / raw:.2f} |")
+            r = find(runtime, size, clients)
+            lines.append(f"| {runtime} | {size} | {clients} | {r['frames_per_s']:.1f} | {r['p50_ms']:.0f} | "
+                         f"{r['p99_ms']:.0f} | {raw:.1f} | {r['frames_per_s'] / raw:.2f} |")
     lines += ["", "Raw backbone on one thread (a rough stand-in for one edge core; no Raspberry Pi was measured): "
-              + ", ".join(f"{s} px {find(s, 0)['raw_frames_per_s_1_thread']:.1f} img/s" for s in SIZES) + ".",
+              + ", ".join(f"{r} {s} px {find(r, s, 0)['raw_frames_per_s_1_thread']:.1f} img/s"
+                          for r in RUNTIMES for s in SIZES) + ".",
               "", "## Explanation costs (224 px, in the station, per image)", "",
               f"- top-5 + representatives, feature matching: {costs['topk_representatives_ms_feature']:.2f} ms",
               f"- top-5 + representatives, phash matching: {costs['topk_representatives_ms_phash']:.2f} ms "
@@ -347,7 +349,7 @@ def report(args, http, costs, calib, faith) -> None:
               f"MoRF below LeRF on {faith['morf_below_lerf_share']:.0%} of the images, below random blocks on "
               f"{faith['morf_below_random_share']:.0%}.", "",
               "![deletion curves](station_deletion.png)", ""]
-    config = {"requests": args.requests, "seeds": args.seeds, "sizes": SIZES, "clients": CLIENTS,
+    config = {"requests": args.requests, "seeds": args.seeds, "sizes": SIZES, "clients": CLIENTS, "runtimes": RUNTIMES,
               "weights": args.weights, "learner_served": "slda"}
     common.write_results("station", summary, config, {"http": http, "costs": costs, "calibration": calib,
                                                       "faithfulness": faith}, "\n".join(lines))

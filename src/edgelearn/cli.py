@@ -285,6 +285,7 @@ def serve(
     weights: Weights = None,
     input_size: Annotated[int | None, typer.Option(help="Square input size (224 standard, 96 paper).")] = None,
     learner: Annotated[str, typer.Option(help="fuzzy-artmap, slda or ncm (first start).")] = "slda",
+    runtime: Annotated[str, typer.Option(help="torch or onnx (ONNX Runtime: same features, faster).")] = "torch",
     keep_images: Annotated[bool, typer.Option(help="Keep thumbnails of taught images (representatives) and "
                                               "of feedback and queued frames.")] = False,
     representatives: Annotated[str, typer.Option(help="How representatives are matched: feature, phash, hist, "
@@ -306,7 +307,7 @@ def serve(
     if representatives != "feature":
         get_similarity(representatives)  # an unknown method fails now, not at the first prediction
     config = StationConfig(data, backbone, _default_weights(weights), input_size, learner.replace("-", "_"),
-                           keep_images, representatives=representatives, unknown_below=unknown_below,
+                           runtime, keep_images, representatives=representatives, unknown_below=unknown_below,
                            queue_below=queue_below, trust=trust)
     write_token, new = station_token(data, token)
     station = Station(config)

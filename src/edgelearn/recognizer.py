@@ -90,9 +90,11 @@ class Recognizer:
 
     @classmethod
     def create(cls, backbone: str = "mobilenet_v2", *, learner: str = "slda", weights=None,
-               input_size: int | None = None, seed: int = 0, **learner_params) -> "Recognizer":
-        """Build a backbone by name and an empty learner (``fuzzy_artmap``, ``slda`` or ``ncm``)."""
-        return cls(build_backbone(backbone, weights=weights, input_size=input_size, seed=seed),
+               input_size: int | None = None, seed: int = 0, runtime: str = "torch",
+               **learner_params) -> "Recognizer":
+        """Build a backbone by name and an empty learner (``fuzzy_artmap``, ``slda`` or ``ncm``);
+        ``runtime="onnx"`` runs the backbone on ONNX Runtime."""
+        return cls(build_backbone(backbone, weights=weights, input_size=input_size, seed=seed, runtime=runtime),
                    make_learner(learner, **learner_params))
 
     # -- features -----------------------------------------------------------------------------------

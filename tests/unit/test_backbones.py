@@ -8,7 +8,7 @@ from PIL import Image
 from edgelearn.backbones import build_backbone, list_backbones, register_backbone
 from edgelearn.backbones.backbone import fuse_batch_norms
 from edgelearn.backbones.padding import use_tf_same_padding
-from edgelearn.errors import WeightsError
+from edgelearn.errors import EdgelearnError, WeightsError
 
 
 def test_tiny_backbone_embeds_batches_deterministically():
@@ -121,3 +121,29 @@ def test_fusing_batch_norms_keeps_the_function_and_the_conv_hooks():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert len(calls) == 2  # the hook (TF padding lives in such hooks) still runs
+
+
+def test_onnx_runtime_gives_the_same_features_and_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGELEARN_CACHE", str(tmp_path))
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 30, 3), dtype=np.uint8)) for i in range(3)]
+    torch_bb = build_backbone("tiny", weights="random", input_size=32)
+    onnx_bb = build_backbone("tiny", weights="random", input_size=32, runtime="onnx")
+    assert onnx_bb.runtime == "onnx" and onnx_bb.fingerprint == torch_bb.fingerprint  # knowledge is shared
+    np.testing.assert_allclose(onnx_bb.embed(images), torch_bb.embed(images), atol=1e-5)
+    (exported,) = (tmp_path / "onnx").iterdir()
+    stamp = exported.stat().st_mtime_ns
+    build_backbone("tiny", weights="random", input_size=32, runtime="onnx")
+    assert exported.stat().st_mtime_ns == stamp  # reused, not exported again
+    with torch.enable_grad():  # heat maps need autograd: the PyTorch model serves them
+        x = onnx_bb.transform(images[0]).unsqueeze(0).requires_grad_(True)
+        onnx_bb.embed_tensor(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="runtime must be"):
+        build_backbone("tiny", weights="random", runtime="tflite")
+
+
+def test_a_damaged_onnx_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    with pytest.raises(EdgelearnError, match="ONNX Runtime can run"):
+        build_backbone("tiny", weights="random").use_onnx(bad)

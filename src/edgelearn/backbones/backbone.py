@@ -5,6 +5,7 @@ import json
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from edgelearn.backbones.padding import use_tf_same_padding
 from edgelearn.backbones.registry import make_model, seeded, strip_head
 from edgelearn.backbones.weights import WeightsSource, load_into, resolve_weights
 
+RUNTIMES = ("torch", "onnx")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -55,6 +57,8 @@ class Backbone:
         self.preprocessing = preprocessing
         self.weights = weights
         self.padding = padding
+        self.runtime = "torch"
+        self._runner = None  # ONNX Runtime session for inference, when use_onnx() was called
         self._transform = preprocessing.transform()
         with torch.inference_mode():
             probe = torch.zeros(1, 3, preprocessing.input_size, preprocessing.input_size)
@@ -65,8 +69,23 @@ class Backbone:
         return self._transform(image)
 
     def embed_tensor(self, batch: torch.Tensor) -> torch.Tensor:
-        """Preprocessed ``(n, 3, s, s)`` tensor -> ``(n, feature_dim)`` features (keeps autograd if on)."""
+        """Preprocessed ``(n, 3, s, s)`` tensor -> ``(n, feature_dim)`` features. With autograd on (heat
+        maps) the PyTorch model runs; otherwise the ONNX Runtime session, if :meth:`use_onnx` set one."""
+        if self._runner is not None and not torch.is_grad_enabled():
+            return self._runner(batch)
         return self.model(batch.to(memory_format=torch.channels_last)).flatten(1)
+
+    def use_onnx(self, path: str | os.PathLike | None = None) -> "Backbone":
+        """Run inference on ONNX Runtime: the model exported once to ``path`` (default: the cache
+        folder, keyed by the fingerprint) and reused. Features equal PyTorch's to ~1e-5."""
+        from edgelearn.compress.onnx import OnnxRunner, export_onnx
+        from edgelearn.data.cache import default_cache_dir
+
+        path = Path(path) if path else default_cache_dir() / "onnx" / f"{self.name}-{self.fingerprint_id}.onnx"
+        if not path.is_file():
+            export_onnx(self.model, self.preprocessing.input_size, path)
+        self._runner, self.runtime = OnnxRunner(path), "onnx"
+        return self
 
     def embed(self, images: Iterable[Image.Image], *, batch_size: int = 32) -> np.ndarray:
         """RGB PIL images -> ``(n, feature_dim)`` float32 array, in batches."""
@@ -101,8 +120,8 @@ class Backbone:
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def __repr__(self) -> str:
-        return (f"Backbone({self.name!r}, weights={self.weights.ident[:24]!r}, "
-                f"input_size={self.preprocessing.input_size}, feature_dim={self.feature_dim})")
+        return (f"Backbone({self.name!r}, weights={self.weights.ident[:24]!r}, input_size="
+                f"{self.preprocessing.input_size}, feature_dim={self.feature_dim}, runtime={self.runtime!r})")
 
 
 def fuse_batch_norms(model: nn.Module) -> nn.Module:
@@ -121,7 +140,7 @@ def fuse_batch_norms(model: nn.Module) -> nn.Module:
 
 
 def build_backbone(name: str = "mobilenet_v2", *, weights: str | os.PathLike | None = None,
-                   input_size: int | None = None, seed: int = 0) -> Backbone:
+                   input_size: int | None = None, seed: int = 0, runtime: str = "torch") -> Backbone:
     """Build a frozen feature extractor.
 
     Parameters
@@ -133,6 +152,7 @@ def build_backbone(name: str = "mobilenet_v2", *, weights: str | os.PathLike | N
         else ``"download"``. A sidecar ``<file>.json`` sets padding and preprocessing.
     input_size : the square crop fed to the network (224 standard; the DICLA paper used 96).
     seed : seed of the random init (recorded in the fingerprint).
+    runtime : ``"torch"`` or ``"onnx"`` (ONNX Runtime for inference; the same features, faster on CPUs).
 
     Examples
     --------
@@ -154,4 +174,7 @@ def build_backbone(name: str = "mobilenet_v2", *, weights: str | os.PathLike | N
     native = int(meta.get("input_size", 32 if name == "tiny" else 224))
     size = int(input_size or native)
     resize = round(size * meta.get("resize_size", 256) / meta.get("input_size", 224))
-    return Backbone(name, model, Preprocessing(size, resize, mean, std), source, padding)
+    backbone = Backbone(name, model, Preprocessing(size, resize, mean, std), source, padding)
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    return backbone.use_onnx() if runtime == "onnx" else backbone

@@ -36,6 +36,7 @@ class StationConfig:
     weights: str | None = None
     input_size: int | None = None
     learner: str = "slda"
+    runtime: str = "torch"  # or "onnx": the backbone on ONNX Runtime (same features, faster)
     keep_images: bool = False  # opt-in: thumbnails for representatives and images of feedback events
     thumbnails_per_class: int = 12
     representatives: str = "feature"  # or any image similarity: phash, hist, ssim, ...
@@ -74,14 +75,15 @@ class Station:
         c = self.config
         version = self.store.active_version
         if version is None:
-            rec = Recognizer.create(c.backbone, learner=c.learner, weights=c.weights, input_size=c.input_size)
+            rec = Recognizer.create(c.backbone, learner=c.learner, weights=c.weights, input_size=c.input_size,
+                                    runtime=c.runtime)
             self.store.set("created_with", {"backbone": c.backbone, "learner": c.learner,
                                             "input_size": c.input_size})
             self.store.add_version(rec.to_bytes(), "initial", classes=0, examples=0)
             return rec
         saved = self.store.get("created_with", {})
         backbone = build_backbone(saved.get("backbone", c.backbone), weights=c.weights,
-                                  input_size=saved.get("input_size"))
+                                  input_size=saved.get("input_size"), runtime=c.runtime)
         rec = Recognizer.from_bytes(self.store.package(version), f"store version {version}", backbone=backbone)
         X, labels = self.store.replay(version)
         if labels:

@@ -1,0 +1,62 @@
+"""Module A on ONNX Runtime: the frozen backbone exported once (torch.export -> ONNX), then run by
+ONNX Runtime's CPU kernels, about twice as fast at batch 1 as eager PyTorch on this CPU (measured
+in benchmarks/station.py). Features match PyTorch's to ~1e-5, so knowledge is shared across runtimes.
+"""
+
+import contextlib
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgelearn.errors import EdgelearnError
+from edgelearn.files import atomic_write_bytes
+
+
+def export_onnx(model: nn.Module, input_size: int, path: str | os.PathLike) -> Path:
+    """Export ``model`` (image batch -> features) to ONNX with a dynamic batch dimension, atomically."""
+    path = Path(path)
+    example = torch.zeros(2, 3, input_size, input_size)  # batch 2: a batch of 1 would be specialised
+    model = model.to(memory_format=torch.contiguous_format)
+    name = next(iter(_forward_args(model)), "input")
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        try:
+            torch.onnx.export(model, (example,), Path(tmp) / "m.onnx", input_names=["image"],
+                              output_names=["features"], dynamic_shapes={name: {0: torch.export.Dim("batch")}},
+                              dynamo=True, external_data=False, verbose=False)
+        except Exception as exc:  # the exporter raises many kinds; the user needs to know which model failed
+            raise EdgelearnError(f"could not export the backbone to ONNX: {exc}") from exc
+        finally:
+            model.to(memory_format=torch.channels_last)
+        atomic_write_bytes(path, (Path(tmp) / "m.onnx").read_bytes())
+    return path
+
+
+def _forward_args(model: nn.Module) -> list[str]:
+    import inspect
+
+    return [p for p in inspect.signature(model.forward).parameters if p != "self"]
+
+
+class OnnxRunner:
+    """Runs an exported backbone: ``(n, 3, s, s)`` tensor -> ``(n, d)`` tensor, no autograd."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.path = Path(path)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise EdgelearnError(f"{path}: not a model ONNX Runtime can run ({exc})") from exc
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        x = np.ascontiguousarray(batch.detach().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run(None, {self.input: x})[0].reshape(len(x), -1))
