@@ -126,8 +126,8 @@ def served(args, teach: dict[str, list[bytes]], queries: list[bytes]) -> list[di
         for clients, results in runs.items():
             ms = np.concatenate([r["latencies_ms"] for r in results])
             fps = [r["frames_per_s"] for r in results]
-            row = {"runtime": runtime, "size": size, "clients": clients, "frames_per_s": float(np.median(fps)), "runs": fps,
-                   "requests": int(len(ms)), "p50_ms": float(np.percentile(ms, 50)),
+            row = {"runtime": runtime, "size": size, "clients": clients, "frames_per_s": float(np.median(fps)),
+                   "runs": fps, "requests": int(len(ms)), "p50_ms": float(np.percentile(ms, 50)),
                    "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
             rows.append(row)
             print(f"  {runtime} {size}px {clients} client(s): {row['frames_per_s']:.1f} frames/s (runs "
