@@ -408,6 +408,46 @@ def frames(
     emit({"output": str(output), "frames": written, "total": sum(written.values())}, as_json, table)
 
 
+@app.command()
+@user_errors
+def compress(
+    dataset: Annotated[Path, typer.Argument(help="Folder data set with train/ and test/ (calibration + evaluation).")],
+    precision: Annotated[list[str] | None, typer.Option(help="fp32, fp16, int8-dynamic, int8 (repeat; default all).")]
+    = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Copy the ONNX models into this folder.")]
+    = None,
+    backbone: Annotated[str, typer.Option(help="torchvision model name.")] = "mobilenet_v2",
+    weights: Weights = None,
+    input_size: Annotated[int | None, typer.Option(help="Square input size.")] = None,
+    per_class: Annotated[int | None, typer.Option(help="Train images per class for the learner.")] = None,
+    calibration_per_class: Annotated[int, typer.Option(help="int8: calibration images per class (train split).")]
+    = 10,
+    as_json: Json = False,
+):
+    """Export module A to ONNX at several precisions and compare them: top-1/top-5 of a streaming LDA
+    on each variant's features, size, p50 latency at batch 1, throughput at batch 32."""
+    import shutil
+
+    from edgelearn.compress.variants import VARIANTS, compare_variants
+
+    chosen = [v for v in VARIANTS if precision is None or (v[0] == "onnx" and v[1] in precision)]
+    if not chosen:
+        raise ValueError(f"--precision takes fp32, fp16, int8-dynamic or int8, got {precision}")
+    rows = compare_variants(dataset, weights=_default_weights(weights), input_size=input_size, backbone=backbone,
+                            per_class=per_class, calibration_per_class=calibration_per_class, variants=chosen,
+                            progress=lambda line: err.print(line, highlight=False))
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        for row in rows:
+            if row["runtime"] == "onnx":
+                row["file"] = str(shutil.copy2(row.pop("path"), output / f"{backbone}-{row['precision']}.onnx"))
+    table = Table("runtime", "precision", "top-1", "top-5", "MiB", "p50 ms (batch 1)", "img/s (batch 32)")
+    for r in rows:
+        table.add_row(r["runtime"], r["precision"], f"{r['accuracy']:.2%}", f"{r['top5']:.2%}",
+                      f"{r['bytes'] / 2**20:.2f}", f"{r['p50_ms']:.1f}", f"{r['batch32_per_s']:.0f}")
+    emit({"variants": [{k: v for k, v in r.items() if k != "path"} for r in rows]}, as_json, table)
+
+
 def _default_weights(weights: str | None) -> str | None:
     """The shared ImageNet MobileNetV2 file when nothing else is given and it is there (this checkout)."""
     return str(DEMO_WEIGHTS) if weights is None and DEMO_WEIGHTS.is_file() else weights

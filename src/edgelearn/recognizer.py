@@ -227,32 +227,36 @@ class Recognizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, weights=None, backbone: Backbone | None = None,
-             with_backbone: bool = True, trust: TrustStore | None = None,
-             require_signature: bool = False) -> "Recognizer":
+             with_backbone: bool = True, trust: TrustStore | None = None, require_signature: bool = False,
+             allow_other_precision: bool = False) -> "Recognizer":
         """Load a saved recognizer or a site's package; refuses it if the backbone differs from
         the one it learned on, if it was altered, or (``require_signature``) if no trusted site signed it.
 
         ``weights`` overrides where the backbone weights are read from (else ``$EDGELEARN_WEIGHTS``,
         else the path recorded at save time). ``with_backbone=False`` loads the fast memory only.
+        ``allow_other_precision`` accepts knowledge learned on another precision of the same backbone
+        (fp32 knowledge on an int8 backbone: close features, not equal ones; the user's call).
         """
         manifest, arrays = read_package(path, trust=trust, require_signature=require_signature)
-        return cls._from_package(manifest, arrays, path, weights, backbone, with_backbone)
+        return cls._from_package(manifest, arrays, path, weights, backbone, with_backbone, allow_other_precision)
 
     @classmethod
     def from_bytes(cls, data: bytes, name: str = "<package>", *, weights=None, backbone: Backbone | None = None,
-                   with_backbone: bool = True, trust: TrustStore | None = None,
-                   require_signature: bool = False) -> "Recognizer":
+                   with_backbone: bool = True, trust: TrustStore | None = None, require_signature: bool = False,
+                   allow_other_precision: bool = False) -> "Recognizer":
         """:meth:`load` for a package held in memory (an upload, a stored version)."""
         manifest, arrays = parse_package(data, name, trust=trust, require_signature=require_signature)
-        return cls._from_package(manifest, arrays, name, weights, backbone, with_backbone)
+        return cls._from_package(manifest, arrays, name, weights, backbone, with_backbone, allow_other_precision)
 
     @classmethod
-    def _from_package(cls, manifest, arrays, path, weights, backbone, with_backbone) -> "Recognizer":
+    def _from_package(cls, manifest, arrays, path, weights, backbone, with_backbone,
+                      allow_other_precision=False) -> "Recognizer":
         learner = learner_from_state({**manifest["learner"], "arrays": arrays})
         if backbone is None and with_backbone:
             backbone = _rebuild_backbone(manifest, weights)
         if backbone is not None:
-            _check_fingerprint(manifest["backbone"], backbone.fingerprint, path)
+            _check_fingerprint(manifest["backbone"], backbone.fingerprint, path,
+                               ignore=("precision",) if allow_other_precision else ())
         sources = manifest.get("sources") or [{"site": manifest.get("site"), "created_at": manifest.get("created_at"),
                                                "examples": sum(manifest.get("examples_seen", {}).values())}]
         return cls(backbone, learner, examples_seen=manifest.get("examples_seen"),
@@ -293,8 +297,8 @@ def _rebuild_backbone(manifest: dict, weights) -> Backbone:
     return build_backbone(fp["name"], weights=weights, input_size=fp["input_size"], seed=seed)
 
 
-def _check_fingerprint(saved: dict, current: dict, path) -> None:
-    differ = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+def _check_fingerprint(saved: dict, current: dict, path, ignore: Sequence[str] = ()) -> None:
+    differ = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k) and k not in ignore]
     if differ:
         detail = "; ".join(f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in differ)
         raise IncompatibleError(f"{path} was learned on another backbone ({detail}); "

@@ -115,3 +115,14 @@ def test_calibrate_fits_a_temperature_and_saves_it(runner, image_folder, tmp_pat
     out = run_json(runner, "calibrate", model, image_folder, "--weights", "random")
     assert out["n"] == 9 and out["temperature"] > 0 and out["ece_after"] <= out["ece_before"] + 1e-9
     assert run_json(runner, "info", model)["temperature"] == pytest.approx(out["temperature"])
+
+
+def test_compress_compares_the_variants_and_exports_them(runner, image_folder, tmp_path):
+    out = run_json(runner, "compress", image_folder, "--precision", "fp32", "--precision", "int8", "--backbone",
+                   "tiny", "--weights", "random", "--input-size", "32", "--calibration-per-class", "3",
+                   "-o", tmp_path / "models")
+    rows = {(r["runtime"], r["precision"]): r for r in out["variants"]}
+    assert set(rows) == {("onnx", "fp32"), ("onnx", "int8")}
+    assert rows["onnx", "int8"]["bytes"] < rows["onnx", "fp32"]["bytes"]
+    assert all(0 <= r["accuracy"] <= 1 and r["p50_ms"] > 0 and r["batch32_per_s"] > 0 for r in rows.values())
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["tiny-fp32.onnx", "tiny-int8.onnx"]

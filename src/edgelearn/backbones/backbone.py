@@ -57,7 +57,8 @@ class Backbone:
         self.preprocessing = preprocessing
         self.weights = weights
         self.padding = padding
-        self.runtime = "torch"
+        self.runtime, self.precision = "torch", "fp32"
+        self.onnx_path: Path | None = None  # the model ONNX Runtime runs, after use_onnx()
         self._runner = None  # ONNX Runtime session for inference, when use_onnx() was called
         self._transform = preprocessing.transform()
         with torch.inference_mode():
@@ -75,17 +76,36 @@ class Backbone:
             return self._runner(batch)
         return self.model(batch.to(memory_format=torch.channels_last)).flatten(1)
 
-    def use_onnx(self, path: str | os.PathLike | None = None) -> "Backbone":
-        """Run inference on ONNX Runtime: the model exported once to ``path`` (default: the cache
-        folder, keyed by the fingerprint) and reused. Features equal PyTorch's to ~1e-5."""
+    def use_onnx(self, precision: str = "fp32", calibration: Iterable[Image.Image] | None = None) -> "Backbone":
+        """Run inference on ONNX Runtime at ``precision`` (``fp32``, ``fp16``, ``int8-dynamic``, ``int8``;
+        ``int8`` calibrates activation ranges on ``calibration`` images). The model is exported once per
+        fingerprint (and calibration set) into the cache folder and reused. fp32 features equal
+        PyTorch's to ~1e-5; other precisions change the features, so they enter the fingerprint."""
         from edgelearn.compress.onnx import OnnxRunner, export_onnx
+        from edgelearn.compress.quantize import PRECISIONS, quantize
         from edgelearn.data.cache import default_cache_dir
 
-        path = Path(path) if path else default_cache_dir() / "onnx" / f"{self.name}-{self.fingerprint_id}.onnx"
-        if not path.is_file():
-            export_onnx(self.model, self.preprocessing.input_size, path)
-        self._runner, self.runtime = OnnxRunner(path), "onnx"
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        folder = default_cache_dir() / "onnx"
+        base = folder / f"{self.name}-{self.fingerprint_id}.onnx"
+        if not base.is_file():
+            export_onnx(self.model, self.preprocessing.input_size, base)
+        path, batches, tag = base, None, precision
+        if precision == "int8":
+            batches = self._calibration_batches(calibration or [])
+            digest = hashlib.sha256(b"".join(b.tobytes() for b in batches)).hexdigest()[:12]
+            tag = f"int8-cal{digest}"
+        if precision != "fp32":
+            path = folder / f"{self.name}-{self.fingerprint_id}-{tag}.onnx"
+            if not path.is_file():
+                quantize(base, path, precision, batches)
+        self._runner, self.runtime, self.precision, self.onnx_path = OnnxRunner(path), "onnx", tag, path
         return self
+
+    def _calibration_batches(self, images: Iterable[Image.Image], batch_size: int = 32) -> list[np.ndarray]:
+        tensors = [self.transform(image) for image in images]
+        return [torch.stack(tensors[i:i + batch_size]).numpy() for i in range(0, len(tensors), batch_size)]
 
     def embed(self, images: Iterable[Image.Image], *, batch_size: int = 32) -> np.ndarray:
         """RGB PIL images -> ``(n, feature_dim)`` float32 array, in batches."""
@@ -104,13 +124,16 @@ class Backbone:
 
     @property
     def fingerprint(self) -> dict:
-        """What must be equal for two feature vectors to be comparable (JSON-normalised)."""
+        """What must be equal for two feature vectors to be comparable (JSON-normalised). A reduced
+        precision (and its calibration set) is part of it; fp32 on either runtime is not."""
+        variant = {"precision": self.precision} if self.precision != "fp32" else {}
         return json.loads(json.dumps({
             "name": self.name,
             "weights": self.weights.ident,
             "padding": self.padding,
             "feature_dim": self.feature_dim,
             **asdict(self.preprocessing),
+            **variant,
         }))
 
     @property
@@ -121,7 +144,8 @@ class Backbone:
 
     def __repr__(self) -> str:
         return (f"Backbone({self.name!r}, weights={self.weights.ident[:24]!r}, input_size="
-                f"{self.preprocessing.input_size}, feature_dim={self.feature_dim}, runtime={self.runtime!r})")
+                f"{self.preprocessing.input_size}, feature_dim={self.feature_dim}, runtime={self.runtime!r}, "
+                f"precision={self.precision!r})")
 
 
 def fuse_batch_norms(model: nn.Module) -> nn.Module:
@@ -140,7 +164,8 @@ def fuse_batch_norms(model: nn.Module) -> nn.Module:
 
 
 def build_backbone(name: str = "mobilenet_v2", *, weights: str | os.PathLike | None = None,
-                   input_size: int | None = None, seed: int = 0, runtime: str = "torch") -> Backbone:
+                   input_size: int | None = None, seed: int = 0, runtime: str = "torch", precision: str = "fp32",
+                   calibration: Iterable[Image.Image] | None = None) -> Backbone:
     """Build a frozen feature extractor.
 
     Parameters
@@ -153,6 +178,7 @@ def build_backbone(name: str = "mobilenet_v2", *, weights: str | os.PathLike | N
     input_size : the square crop fed to the network (224 standard; the DICLA paper used 96).
     seed : seed of the random init (recorded in the fingerprint).
     runtime : ``"torch"`` or ``"onnx"`` (ONNX Runtime for inference; the same features, faster on CPUs).
+    precision, calibration : ONNX Runtime only: see :meth:`Backbone.use_onnx`.
 
     Examples
     --------
@@ -177,4 +203,6 @@ def build_backbone(name: str = "mobilenet_v2", *, weights: str | os.PathLike | N
     backbone = Backbone(name, model, Preprocessing(size, resize, mean, std), source, padding)
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-    return backbone.use_onnx() if runtime == "onnx" else backbone
+    if runtime == "torch" and precision != "fp32":
+        raise ValueError(f"precision {precision!r} needs runtime='onnx'")
+    return backbone.use_onnx(precision, calibration) if runtime == "onnx" else backbone

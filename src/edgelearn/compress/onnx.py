@@ -50,6 +50,8 @@ class OnnxRunner:
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
+        # no busy-waiting between runs: on a small CPU the HTTP stack and the learner need those cycles
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = Path(path)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
