@@ -21,6 +21,7 @@ def colour_image(name, seed=0, size=40):
 
 
 def config(tmp_path, **kw):
+    kw.setdefault("runtime", "torch")
     return StationConfig(tmp_path / "station", backbone="tiny", weights="random", input_size=32, **kw)
 
 
@@ -39,6 +40,16 @@ def test_a_new_station_knows_nothing_and_says_so(station):
     p = station.predict(colour_image("red"))
     assert p["label"] is None and p["known_classes"] == 0 and "teach" in p["message"]
     assert station.store.active_version == 1
+
+
+def test_the_station_runs_its_backbone_on_onnx_runtime_and_explains_through_torch(tmp_path):
+    station = Station(config(tmp_path, runtime="onnx"))
+    assert station.rec.backbone.runtime == "onnx"
+    teach(station, "red")
+    teach(station, "blue")
+    p = station.predict(colour_image("blue", 3), heatmap=True)
+    assert p["label"] == "blue" and p["heatmap"].startswith("data:image/png")
+    station.close()
 
 
 def test_teach_predict_explain(station):
