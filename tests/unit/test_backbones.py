@@ -142,8 +142,16 @@ def test_onnx_runtime_gives_the_same_features_and_is_cached(tmp_path, monkeypatc
         build_backbone("tiny", weights="random", runtime="tflite")
 
 
-def test_a_damaged_onnx_file_is_a_clear_error(tmp_path):
+def test_a_damaged_onnx_file_is_a_clear_error_and_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
+    from edgelearn.compress import OnnxRunner
+
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not onnx")
     with pytest.raises(EdgelearnError, match="ONNX Runtime can run"):
-        build_backbone("tiny", weights="random").use_onnx(bad)
+        OnnxRunner(bad)
+    monkeypatch.setenv("EDGELEARN_CACHE", str(tmp_path / "cache"))
+    first = build_backbone("tiny", weights="random", input_size=32, runtime="onnx")
+    first.onnx_path.write_bytes(b"truncated")  # e.g. a disk that filled up
+    again = build_backbone("tiny", weights="random", input_size=32, runtime="onnx")
+    image = Image.new("RGB", (32, 32), "red")
+    np.testing.assert_allclose(again.embed([image]), first.embed([image]), atol=1e-5)

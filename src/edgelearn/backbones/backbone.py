@@ -17,6 +17,7 @@ from torchvision.transforms import v2 as T
 from edgelearn.backbones.padding import use_tf_same_padding
 from edgelearn.backbones.registry import make_model, seeded, strip_head
 from edgelearn.backbones.weights import WeightsSource, load_into, resolve_weights
+from edgelearn.errors import EdgelearnError
 
 RUNTIMES = ("torch", "onnx")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -89,18 +90,29 @@ class Backbone:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         folder = default_cache_dir() / "onnx"
         base = folder / f"{self.name}-{self.fingerprint_id}.onnx"
-        if not base.is_file():
-            export_onnx(self.model, self.preprocessing.input_size, base)
-        path, batches, tag = base, None, precision
+        batches, tag = None, precision
         if precision == "int8":
             batches = self._calibration_batches(calibration or [])
             digest = hashlib.sha256(b"".join(b.tobytes() for b in batches)).hexdigest()[:12]
             tag = f"int8-cal{digest}"
-        if precision != "fp32":
-            path = folder / f"{self.name}-{self.fingerprint_id}-{tag}.onnx"
-            if not path.is_file():
+        path = base if precision == "fp32" else folder / f"{self.name}-{self.fingerprint_id}-{tag}.onnx"
+
+        def make() -> None:
+            if not base.is_file():
+                export_onnx(self.model, self.preprocessing.input_size, base)
+            if path != base:
                 quantize(base, path, precision, batches)
-        self._runner, self.runtime, self.precision, self.onnx_path = OnnxRunner(path), "onnx", tag, path
+
+        if not path.is_file():
+            make()
+        try:
+            runner = OnnxRunner(path)
+        except EdgelearnError:  # a damaged cached file: make it again, once
+            base.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+            make()
+            runner = OnnxRunner(path)
+        self._runner, self.runtime, self.precision, self.onnx_path = runner, "onnx", tag, path
         return self
 
     def _calibration_batches(self, images: Iterable[Image.Image], batch_size: int = 32) -> list[np.ndarray]:
