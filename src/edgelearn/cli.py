@@ -449,6 +449,40 @@ def compress(
     emit({"variants": [{k: v for k, v in r.items() if k != "path"} for r in rows]}, as_json, table)
 
 
+@app.command()
+@user_errors
+def finetune(
+    dataset: Annotated[Path, typer.Argument(help="Folder data set: <class>/*.jpg (its train/ split if any).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The fine-tuned weights (+ .json, .ckpt, .png).")]
+    = Path("finetuned.pt"),
+    strategy: Annotated[str, typer.Option(help="frozen (new head only), partial (last blocks too) or full.")]
+    = "frozen",
+    epochs: Annotated[int, typer.Option(help="Passes over the training images.")] = 5,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default by strategy).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
+    blocks: Annotated[int, typer.Option(help="partial: how many of the last blocks learn.")] = 3,
+    backbone: Annotated[str, typer.Option(help="torchvision model name.")] = "mobilenet_v2",
+    weights: Weights = None,
+    input_size: Annotated[int | None, typer.Option(help="Square input size.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split, sampling and augmentation.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from OUTPUT.ckpt after an interruption.")] = False,
+    as_json: Json = False,
+):
+    """Fine-tune a classifier (transfer learning); the best epoch by validation loss is kept and loads
+    as a backbone afterwards (--weights OUTPUT)."""
+    from edgelearn.training import finetune as run_finetune
+
+    result = run_finetune(dataset, output, backbone=backbone, weights=_default_weights(weights), strategy=strategy,
+                          epochs=epochs, lr=lr, batch_size=batch_size, input_size=input_size, trainable_blocks=blocks,
+                          seed=seed, resume=resume, progress=err.is_terminal,
+                          log=lambda line: err.print(line, highlight=False))
+    table = Table("epoch", "train loss", "val loss", "val accuracy")
+    for h in result["history"]:
+        table.add_row(str(h["epoch"]), f"{h['train_loss']:.4f}", f"{h['val_loss']:.4f}", f"{h['val_accuracy']:.1%}")
+    table.caption = f"best epoch {result['best_epoch']} saved to {output}; curves in {output.with_suffix('.png')}"
+    emit(result, as_json, table)
+
+
 def _default_weights(weights: str | None) -> str | None:
     """The shared ImageNet MobileNetV2 file when nothing else is given and it is there (this checkout)."""
     return str(DEMO_WEIGHTS) if weights is None and DEMO_WEIGHTS.is_file() else weights

@@ -126,3 +126,15 @@ def test_compress_compares_the_variants_and_exports_them(runner, image_folder, t
     assert rows["onnx", "int8"]["bytes"] < rows["onnx", "fp32"]["bytes"]
     assert all(0 <= r["accuracy"] <= 1 and r["p50_ms"] > 0 and r["batch32_per_s"] > 0 for r in rows.values())
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["tiny-fp32.onnx", "tiny-int8.onnx"]
+
+
+def test_finetune_then_learn_on_the_fine_tuned_backbone(runner, image_folder, tmp_path):
+    out = run_json(runner, "finetune", image_folder, "-o", tmp_path / "ft.pt", "--strategy", "full", "--epochs",
+                   "2", "--lr", "0.01", "--batch-size", "8", "--backbone", "tiny", "--weights", "random")
+    assert out["best_epoch"] in (1, 2) and len(out["history"]) == 2 and out["classes"] == ["blue", "green", "red"]
+    learned = run_json(runner, "learn", image_folder, "-o", tmp_path / "m.edge", "--backbone", "tiny", "--weights",
+                       tmp_path / "ft.pt")
+    assert learned["evaluation"]["accuracy"] == 1.0
+    bad = runner.invoke(app, ["finetune", str(image_folder), "--strategy", "nope", "--backbone", "tiny",
+                              "--weights", "random"])
+    assert bad.exit_code == 1 and "strategy must be" in bad.output

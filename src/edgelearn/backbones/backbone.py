@@ -175,6 +175,25 @@ def fuse_batch_norms(model: nn.Module) -> nn.Module:
     return model
 
 
+def build_classifier(name: str, *, weights: str | os.PathLike | None = None, input_size: int | None = None,
+                     seed: int = 0) -> tuple[nn.Module, Preprocessing, WeightsSource, str]:
+    """The whole classifier, head included and trainable (what fine-tuning starts from), with its
+    preprocessing, weights source and padding mode. :func:`build_backbone` freezes it and drops the head."""
+    source = resolve_weights(name, weights, seed=seed)
+    model = seeded(lambda: make_model(name), seed)
+    load_into(model, source, name)
+    meta = source.meta
+    padding = meta.get("padding", "symmetric")
+    mean = tuple(meta.get("normalize_mean", IMAGENET_MEAN))
+    std = tuple(meta.get("normalize_std", IMAGENET_STD))
+    if padding == "tf_same":
+        use_tf_same_padding(model, mean=mean, std=std)
+    native = int(meta.get("input_size", 32 if name == "tiny" else 224))
+    size = int(input_size or native)
+    resize = round(size * meta.get("resize_size", 256) / meta.get("input_size", 224))
+    return model, Preprocessing(size, resize, mean, std), source, padding
+
+
 def build_backbone(name: str = "mobilenet_v2", *, weights: str | os.PathLike | None = None,
                    input_size: int | None = None, seed: int = 0, runtime: str = "torch", precision: str = "fp32",
                    calibration: Iterable[Image.Image] | None = None) -> Backbone:
@@ -199,20 +218,8 @@ def build_backbone(name: str = "mobilenet_v2", *, weights: str | os.PathLike | N
     >>> bb.embed([Image.new("RGB", (40, 30))]).shape
     (1, 32)
     """
-    source = resolve_weights(name, weights, seed=seed)
-    model = seeded(lambda: make_model(name), seed)
-    load_into(model, source, name)
-    strip_head(model)
-    meta = source.meta
-    padding = meta.get("padding", "symmetric")
-    mean = tuple(meta.get("normalize_mean", IMAGENET_MEAN))
-    std = tuple(meta.get("normalize_std", IMAGENET_STD))
-    if padding == "tf_same":
-        use_tf_same_padding(model, mean=mean, std=std)
-    native = int(meta.get("input_size", 32 if name == "tiny" else 224))
-    size = int(input_size or native)
-    resize = round(size * meta.get("resize_size", 256) / meta.get("input_size", 224))
-    backbone = Backbone(name, model, Preprocessing(size, resize, mean, std), source, padding)
+    model, preprocessing, source, padding = build_classifier(name, weights=weights, input_size=input_size, seed=seed)
+    backbone = Backbone(name, strip_head(model), preprocessing, source, padding)
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if runtime == "torch" and precision != "fp32":

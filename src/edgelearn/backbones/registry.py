@@ -56,12 +56,12 @@ def strip_head(model: nn.Module) -> nn.Module:
 
 @register_backbone("tiny")
 def _tiny() -> nn.Module:
-    """A 3-conv CNN with 32-d features: random weights, for tests that must run in seconds."""
+    """A 3-conv CNN with 32-d features and a 10-class head: random weights, for tests that must run in seconds."""
     return nn.Sequential(
         nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
         nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
         nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
     )
 
 

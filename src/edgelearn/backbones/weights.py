@@ -89,10 +89,25 @@ def load_into(model: nn.Module, source: WeightsSource, name: str) -> None:
         state = _download(name)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    fit_head(model, state)
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:
         raise WeightsError(f"weights do not fit backbone {name!r}: {str(exc).splitlines()[0]}") from exc
+
+
+def fit_head(model: nn.Module, state: dict) -> None:
+    """A fine-tuned file has its own number of classes: resize the last Linear to match it."""
+    last = None
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = module_name
+    weight = state.get(f"{last}.weight") if last else None
+    if weight is None or tuple(weight.shape) == tuple(model.get_submodule(last).weight.shape):
+        return
+    parent, _, child = last.rpartition(".")
+    holder = model.get_submodule(parent) if parent else model
+    setattr(holder, child, nn.Linear(weight.shape[1], weight.shape[0], bias=f"{last}.bias" in state))
 
 
 def _download(name: str) -> dict:
