@@ -97,17 +97,22 @@ def load_into(model: nn.Module, source: WeightsSource, name: str) -> None:
 
 
 def fit_head(model: nn.Module, state: dict) -> None:
-    """A fine-tuned file has its own number of classes: resize the last Linear to match it."""
+    """Make the last Linear fit the file: a fine-tuned file has its own number of classes, and a
+    feature extractor's file has no head at all."""
     last = None
     for module_name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             last = module_name
-    weight = state.get(f"{last}.weight") if last else None
-    if weight is None or tuple(weight.shape) == tuple(model.get_submodule(last).weight.shape):
+    if last is None:
+        return
+    weight = state.get(f"{last}.weight")
+    if weight is not None and tuple(weight.shape) == tuple(model.get_submodule(last).weight.shape):
         return
     parent, _, child = last.rpartition(".")
     holder = model.get_submodule(parent) if parent else model
-    setattr(holder, child, nn.Linear(weight.shape[1], weight.shape[0], bias=f"{last}.bias" in state))
+    head = nn.Identity() if weight is None else nn.Linear(weight.shape[1], weight.shape[0],
+                                                          bias=f"{last}.bias" in state)
+    setattr(holder, child, head)
 
 
 def _download(name: str) -> dict:
