@@ -39,3 +39,7 @@ class SignatureError(EdgelearnError):
 
 class FederationError(EdgelearnError, RuntimeError):
     """A federation could not start or finish (a process died, a site did not connect in time)."""
+
+
+class NotFoundError(EdgelearnError, LookupError):
+    """Something asked for by number or name does not exist (a knowledge version, a queue item)."""

@@ -20,7 +20,7 @@ from starlette.datastructures import UploadFile as StarletteUpload
 
 from edgelearn import __version__
 from edgelearn.data.images import load_image
-from edgelearn.errors import EdgelearnError
+from edgelearn.errors import EdgelearnError, NotFoundError
 from edgelearn.server.station import Station
 from edgelearn.server.uploads import labelled_images
 
@@ -74,7 +74,7 @@ def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLO
     @app.exception_handler(EdgelearnError)
     @app.exception_handler(ValueError)
     async def user_error(request: Request, exc: Exception):
-        return JSONResponse({"detail": str(exc)}, 404 if "there is no" in str(exc) else 400)
+        return JSONResponse({"detail": str(exc)}, 404 if isinstance(exc, NotFoundError) else 400)
 
     def read(upload: UploadFile, limit: int) -> bytes:
         data = upload.file.read(limit + 1)
@@ -113,7 +113,12 @@ def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLO
                     raise HTTPException(422, "the form needs an 'image' file field")
                 name, data = upload.filename or "upload", await upload.read(limit + 1)
         else:
-            name, data = "body", await request.body()
+            name, body = "body", bytearray()
+            async for chunk in request.stream():  # bounded even without a Content-Length
+                body += chunk
+                if len(body) > limit:
+                    break
+            data = bytes(body)
         if len(data) > limit:
             raise HTTPException(413, f"{name}: larger than {limit // 2**20} MiB")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgelearn.errors import EdgelearnError
+from edgelearn.errors import EdgelearnError, NotFoundError
 
 MIGRATIONS = [
     """
@@ -134,7 +134,7 @@ class Store:
     def package(self, version: int) -> bytes:
         rows = self._query("SELECT package FROM versions WHERE id = ?", (version,))
         if not rows:
-            raise EdgelearnError(f"there is no knowledge version {version}")
+            raise NotFoundError(f"there is no knowledge version {version}")
         return rows[0]["package"]
 
     # -- feedback events ----------------------------------------------------------------------------
@@ -237,7 +237,7 @@ class Store:
     def queue_item(self, item: int) -> dict:
         rows = self._query("SELECT * FROM queue WHERE id = ?", (item,))
         if not rows:
-            raise EdgelearnError(f"there is no queue item {item}")
+            raise NotFoundError(f"there is no queue item {item}")
         return rows[0]
 
     def resolve(self, item: int, label: str | None, user: str | None = None) -> None:
@@ -275,7 +275,7 @@ class Store:
     def thumbnail(self, item: int) -> bytes:
         rows = self._query("SELECT image FROM thumbnails WHERE id = ?", (item,))
         if not rows:
-            raise EdgelearnError(f"there is no thumbnail {item}")
+            raise NotFoundError(f"there is no thumbnail {item}")
         return rows[0]["image"]
 
     def close(self) -> None:
