@@ -60,6 +60,14 @@ def emit(result: dict, as_json: bool, table: Table | None = None) -> None:
         out.print(table)
 
 
+def _model_and_test_split(model: Path, dataset: Path, weights, no_cache: bool):
+    """A saved model, the data set's test split (or all of it) and its features."""
+    rec = Recognizer.load(model, weights=weights)
+    train, test = FolderDataset.splits(dataset)
+    ds = test or train
+    return rec, ds, _embed(rec, ds, no_cache)
+
+
 def _embed(rec: Recognizer, ds: FolderDataset, no_cache: bool):
     cache = None if no_cache else FeatureCache(rec.backbone.fingerprint_id)
     return rec.embed_files(ds.paths, cache=cache, progress=err.is_terminal)
@@ -152,10 +160,8 @@ def evaluate(
     as_json: Json = False,
 ):
     """Top-1, top-5 and per-class accuracy on a labelled folder."""
-    rec = Recognizer.load(model, weights=weights)
-    train, test = FolderDataset.splits(dataset)
-    ds = test or train
-    result = evaluate_features(rec, _embed(rec, ds, no_cache), ds.labels, level=level)
+    rec, ds, X = _model_and_test_split(model, dataset, weights, no_cache)
+    result = evaluate_features(rec, X, ds.labels, level=level)
     table = Table("class", "n", "top-1", "top-5")
     for c, r in result["per_class"].items():
         table.add_row(c, str(r["n"]), f"{r['accuracy']:.1%}", f"{r['top5']:.1%}")
@@ -330,10 +336,7 @@ def calibrate(
     as_json: Json = False,
 ):
     """Fit the confidence temperature on held-out images, so that 80 % confidence means 80 % right."""
-    rec = Recognizer.load(model, weights=weights)
-    train, test = FolderDataset.splits(dataset)
-    ds = test or train
-    X = _embed(rec, ds, no_cache)
+    rec, ds, X = _model_and_test_split(model, dataset, weights, no_cache)
     before = evaluate_features(rec, X, ds.labels)["ece"]
     temperature = rec.calibrate(X, ds.labels)
     after = evaluate_features(rec, X, ds.labels)["ece"]
