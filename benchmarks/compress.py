@@ -1,6 +1,6 @@
 """Module A at lower precision (paper 001, section 4 and figures 4-8), measured on this CPU.
 
-    python benchmarks/compress.py          # ~10 min
+    python benchmarks/compress.py          # ~5 min once features are cached
 
 For each variant (PyTorch fp32; ONNX Runtime fp32, fp16, int8 dynamic, int8 static calibrated on
 10 training images per class): streaming LDA top-1/top-5 on imagenette (100 training images per

@@ -1,6 +1,6 @@
 """The live station, measured: HTTP throughput and latency, explanation costs, calibration, faithfulness.
 
-    python benchmarks/station.py               # ~15 min on 2 cores once features are cached
+    python benchmarks/station.py               # ~5 min on 2 cores once features are cached
 
 - Served frames/s and p50/p99 latency through a real `edgelearn serve` process (uvicorn, loopback),
   at 96 and 224 px, with 1 and 8 concurrent clients, beside the raw backbone throughput (decode +
