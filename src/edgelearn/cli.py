@@ -1,5 +1,5 @@
 """`edgelearn` command line: serve, learn, predict, evaluate, calibrate, consolidate, info, demo, merge,
-federate, keys, representatives, frames.
+federate, keys, representatives, frames, compress, finetune, distill, inspect, analyse.
 
 Every reporting command takes ``--json`` (one JSON object on stdout, progress on stderr).
 Exit codes: 0 success, 1 a user error (one line on stderr), 2 a usage error (Typer's own).
@@ -155,11 +155,15 @@ def evaluate(
     model: Annotated[Path, typer.Argument(help="A saved model (.edge).")],
     dataset: Annotated[Path, typer.Argument(help="Folder data set (its test/ split when there is one).")],
     level: Annotated[int | None, typer.Option(help="Evaluate at this concept level.")] = None,
+    variants: Annotated[bool, typer.Option("--variants", help="Instead: one table over every runtime and precision "
+                                                              "of the model's backbone (relearned on train/).")] = False,
     weights: Weights = None,
     no_cache: NoCache = False,
     as_json: Json = False,
 ):
     """Top-1, top-5 and per-class accuracy on a labelled folder."""
+    if variants:
+        return _variants_table(model, dataset, weights, as_json)
     rec, ds, X = _model_and_test_split(model, dataset, weights, no_cache)
     result = evaluate_features(rec, X, ds.labels, level=level)
     table = Table("class", "n", "top-1", "top-5")
@@ -415,36 +419,44 @@ def frames(
 @app.command()
 @user_errors
 def compress(
-    dataset: Annotated[Path, typer.Argument(help="Folder data set with train/ and test/ (calibration + evaluation).")],
-    precision: Annotated[list[str] | None, typer.Option(help="fp32, fp16, int8-dynamic, int8 (repeat; default all).")]
-    = None,
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Copy the ONNX models into this folder.")]
-    = None,
-    backbone: Annotated[str, typer.Option(help="torchvision model name.")] = "mobilenet_v2",
-    weights: Weights = None,
-    input_size: Annotated[int | None, typer.Option(help="Square input size.")] = None,
-    per_class: Annotated[int | None, typer.Option(help="Train images per class for the learner.")] = None,
-    calibration_per_class: Annotated[int, typer.Option(help="int8: calibration images per class (train split).")]
-    = 10,
+    model: Annotated[Path, typer.Argument(help="A classifier from edgelearn finetune or distill (.pt + .json).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="OUT.onnx (ONNX Runtime) or OUT.pt2 (torch.export, "
+                                                                "fp32), + .json sidecar.")] = Path("model.onnx"),
+    precision: Annotated[str, typer.Option(help="fp32, fp16, int8-dynamic or int8 (static, calibrated).")] = "int8",
+    calibration: Annotated[Path | None, typer.Option(help="Folder data set: its train/ split calibrates int8, "
+                                                          "its test/ split checks the export.")] = None,
+    calibration_per_class: Annotated[int, typer.Option(help="Calibration images per class.")] = 10,
     as_json: Json = False,
 ):
-    """Export module A to ONNX at several precisions and compare them: top-1/top-5 of a streaming LDA
-    on each variant's features, size, p50 latency at batch 1, throughput at batch 32."""
-    import shutil
+    """Export a classifier, head included, to ONNX at a precision (or torch.export) and check it against PyTorch
+    (top-1 agreement, largest logit difference, size, ms per image); `inspect OUTPUT` runs it."""
+    from edgelearn.compress.classifier import compress_classifier
 
+    result = compress_classifier(model, output, precision=precision, calibration=calibration,
+                                 calibration_per_class=calibration_per_class)
+    table = Table("precision", "top-1 agreement", "max |Δ logit|", "MiB", "ms/image", "PyTorch ms/image")
+    table.add_row(precision, f"{result['top1_agreement']:.2%}", f"{result['max_abs_logit_difference']:.3g}",
+                  f"{result['bytes'] / 2**20:.3f}", f"{result['ms_per_image']:.2f}",
+                  f"{result['torch_ms_per_image']:.2f}")
+    table.caption = f"wrote {output}; checked on {result['checked_images']} images' patches"
+    emit(result, as_json, table)
+
+
+def _variants_table(model: Path, dataset: Path, weights, as_json: bool) -> None:
+    """Module A at every runtime and precision: top-1/top-5 of the model's learner kind on each
+    variant's features, size, p50 latency at batch 1, throughput at batch 32 (paper 001, figs. 4-8)."""
     from edgelearn.compress.variants import VARIANTS, compare_variants
 
-    chosen = [v for v in VARIANTS if precision is None or (v[0] == "onnx" and v[1] in precision)]
-    if not chosen:
-        raise ValueError(f"--precision takes fp32, fp16, int8-dynamic or int8, got {precision}")
-    rows = compare_variants(dataset, weights=_default_weights(weights), input_size=input_size, backbone=backbone,
-                            per_class=per_class, calibration_per_class=calibration_per_class, variants=chosen,
+    from edgelearn.backbones.weights import resolve_weights
+
+    rec = Recognizer.load(model, with_backbone=False)
+    fp = rec.info()["backbone"]
+    weights = _default_weights(weights)
+    if resolve_weights(fp["name"], weights).ident != fp["weights"]:
+        raise ValueError(f"{model} was learned on other backbone weights ({fp['weights'][:16]}…); give them with --weights")
+    rows = compare_variants(dataset, weights=weights, input_size=fp.get("input_size"),
+                            backbone=fp["name"], learner=rec.info()["learner"], variants=VARIANTS,
                             progress=lambda line: err.print(line, highlight=False))
-    if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
-        for row in rows:
-            if row["runtime"] == "onnx":
-                row["file"] = str(shutil.copy2(row.pop("path"), output / f"{backbone}-{row['precision']}.onnx"))
     table = Table("runtime", "precision", "top-1", "top-5", "MiB", "p50 ms (batch 1)", "img/s (batch 32)")
     for r in rows:
         table.add_row(r["runtime"], r["precision"], f"{r['accuracy']:.2%}", f"{r['top5']:.2%}",
@@ -467,22 +479,134 @@ def finetune(
     backbone: Annotated[str, typer.Option(help="torchvision model name.")] = "mobilenet_v2",
     weights: Weights = None,
     input_size: Annotated[int | None, typer.Option(help="Square input size.")] = None,
+    patch: Annotated[int | None, typer.Option(help="Train on patches of this size (inspection protocol).")] = None,
+    grid: Annotated[int, typer.Option(help="With --patch: grid x grid patches cover a test image.")] = 3,
     seed: Annotated[int, typer.Option(help="Seed of the split, sampling and augmentation.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUTPUT.ckpt after an interruption.")] = False,
     as_json: Json = False,
 ):
     """Fine-tune a classifier (transfer learning); the best epoch by validation loss is kept and loads
-    as a backbone afterwards (--weights OUTPUT)."""
+    as a backbone afterwards (--weights OUTPUT) or, with --patch, as an inspection teacher."""
+    from edgelearn.data.patches import PatchGrid
     from edgelearn.training import finetune as run_finetune
 
     result = run_finetune(dataset, output, backbone=backbone, weights=_default_weights(weights), strategy=strategy,
                           epochs=epochs, lr=lr, batch_size=batch_size, input_size=input_size, trainable_blocks=blocks,
-                          seed=seed, resume=resume, progress=err.is_terminal,
+                          patch=patch and PatchGrid(patch, grid), seed=seed, resume=resume, progress=err.is_terminal,
                           log=lambda line: err.print(line, highlight=False))
+    emit(result, as_json, _history_table(result, output))
+
+
+def _history_table(result: dict, output: Path) -> Table:
     table = Table("epoch", "train loss", "val loss", "val accuracy")
     for h in result["history"]:
         table.add_row(str(h["epoch"]), f"{h['train_loss']:.4f}", f"{h['val_loss']:.4f}", f"{h['val_accuracy']:.1%}")
     table.caption = f"best epoch {result['best_epoch']} saved to {output}; curves in {output.with_suffix('.png')}"
+    return table
+
+
+@app.command()
+@user_errors
+def distill(
+    dataset: Annotated[Path, typer.Argument(help="Folder data set: <class>/*.png (its train/ split if any).")],
+    teacher: Annotated[Path | None, typer.Option(help="The teacher (edgelearn finetune --patch); "
+                                                       "without one the student learns from the labels.")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="The student (+ .json, .ckpt, .png).")]
+    = Path("student.pt"),
+    filters: Annotated[str, typer.Option(help="Filters of the five conv layers (paper 003 Table 1).")]
+    = "4,8,16,4,4",
+    hidden: Annotated[int, typer.Option(help="Units of the hidden fully connected layer.")] = 256,
+    alpha: Annotated[float, typer.Option(help="Weight of the hard labels next to the teacher's logits.")] = 0.0,
+    patches_per_image: Annotated[int, typer.Option(help="Random flipped/rotated patches per training image.")] = 8,
+    epochs: Annotated[int, typer.Option(help="Passes over the transfer set.")] = 30,
+    lr: Annotated[float, typer.Option(help="Learning rate (AdamW).")] = 3e-3,
+    batch_size: Annotated[int, typer.Option(help="Patches per step.")] = 64,
+    patch: Annotated[int, typer.Option(help="Without a teacher: patch size.")] = 128,
+    grid: Annotated[int, typer.Option(help="Without a teacher: grid x grid test patches.")] = 3,
+    input_size: Annotated[int | None, typer.Option(help="The student's input (default: the teacher's, or the "
+                                                        "patch size); smaller = patches scaled down.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split, patches and initial weights.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from OUTPUT.ckpt after an interruption.")] = False,
+    as_json: Json = False,
+):
+    """Train the shallow student of paper 003: regress a teacher's logits (or learn the labels alone)."""
+    from edgelearn.data.patches import PatchGrid
+    from edgelearn.inspection import distill as run_distill
+
+    sizes = tuple(int(v) for v in filters.split(","))
+    result = run_distill(dataset, output, teacher=teacher, patch=None if teacher else PatchGrid(patch, grid),
+                         input_size=input_size, filters=sizes, hidden=hidden, alpha=alpha, patches_per_image=patches_per_image, epochs=epochs,
+                         lr=lr, batch_size=batch_size, seed=seed, resume=resume, progress=err.is_terminal,
+                         log=lambda line: err.print(line, highlight=False))
+    table = _history_table(result, output)
+    table.caption += f"; {result['parameters']:,} parameters"
+    emit(result, as_json, table)
+
+
+@app.command()
+@user_errors
+def inspect(
+    model: Annotated[Path, typer.Argument(help="A patch classifier (edgelearn finetune --patch / distill).")],
+    target: Annotated[Path, typer.Argument(help="An image, a folder of images, or a data set (its test/ split "
+                                                "is evaluated).")],
+    as_json: Json = False,
+):
+    """Inspect by patches: the class is the patches' majority, an image is defective if any patch is.
+    On a data set: accuracy, per-class TPR/TNR, parameters and ms per image."""
+    from edgelearn.data.images import IMAGE_SUFFIXES, load_image
+    from edgelearn.inspection import Inspector, evaluate_inspection
+
+    inspector = Inspector.load(model)
+    images = [target] if target.is_file() else sorted(
+        p for p in target.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if target.is_dir() else []
+    if not target.exists():
+        raise ValueError(f"not found: {target}")
+    if images:
+        results = [{"image": str(p), **vars(r)} for p in images for r in inspector.inspect([load_image(p)])]
+        table = Table("image", "class", "defective", "patch votes")
+        for r in results:
+            table.add_row(r["image"], r["label"], "yes" if r["defective"] else "no", json.dumps(r["votes"]))
+        emit({"inspections": results}, as_json, table)
+        return
+    train, test = FolderDataset.splits(target)
+    report = evaluate_inspection(inspector, test or train)
+    report["ms_per_image"] = inspector.ms_per_image()
+    table = Table("class", "images", "TPR", "TNR")
+    for c, row in report["per_class"].items():
+        table.add_row(c, str(row["n"]), *(f"{row[k]:.2%}" if row[k] is not None else "-" for k in ("tpr", "tnr")))
+    table.caption = (f"accuracy {report['accuracy']:.2%} on {report['images']} images; "
+                     f"{report['parameters']:,} parameters; {report['ms_per_image']:.2f} ms per image "
+                     f"({report['patches_per_image']} patches)")
+    if "defect_detection" in report:
+        d = report["defect_detection"]
+        table.caption += f"; defects found {d['tpr']:.2%}, defect-free passed {d['tnr']:.2%}"
+    emit(report, as_json, table)
+
+
+@app.command()
+@user_errors
+def analyse(
+    model: Annotated[Path, typer.Argument(help="A patch classifier (edgelearn finetune --patch / distill).")],
+    dataset: Annotated[Path, typer.Argument(help="Images for sparsity and disentanglement (test/ split if any).")],
+    weights: Weights = None,
+    images: Annotated[int, typer.Option(help="At most this many images (one centre patch each).")] = 400,
+    plot: Annotated[Path | None, typer.Option(help="Write gamma and sparsity per layer to this PNG.")] = None,
+    as_json: Json = False,
+):
+    """What the network learned (paper 003): weight change per conv layer since its initial weights,
+    dead-channel sparsity per layer, and the disentanglement d of its last conv representation."""
+    from edgelearn.inspection.analysis import analyse_model, plot_analysis
+
+    train, test = FolderDataset.splits(dataset)
+    result = analyse_model(model, (test or train).sample_per_class(max(1, images // len(train.classes))),
+                           initial_weights=_default_weights(weights))
+    if plot is not None:
+        plot_analysis({model.stem: result}, plot)
+    table = Table("layer", "γ (weight change)", "s (sparsity)")
+    for name in result["sparsity"]:
+        gamma = result["weight_change"].get(result["conv_of"].get(name, ""), None)
+        table.add_row(name, "-" if gamma is None else f"{gamma:.3f}", f"{result['sparsity'][name]:.2%}")
+    table.caption = f"disentanglement d = {result['disentanglement']['d']:.3f} over {result['disentanglement']['points']} images"
     emit(result, as_json, table)
 
 

@@ -117,15 +117,34 @@ def test_calibrate_fits_a_temperature_and_saves_it(runner, image_folder, tmp_pat
     assert run_json(runner, "info", model)["temperature"] == pytest.approx(out["temperature"])
 
 
-def test_compress_compares_the_variants_and_exports_them(runner, image_folder, tmp_path):
-    out = run_json(runner, "compress", image_folder, "--precision", "fp32", "--precision", "int8", "--backbone",
-                   "tiny", "--weights", "random", "--input-size", "32", "--calibration-per-class", "3",
-                   "-o", tmp_path / "models")
+def test_evaluate_compares_every_variant_of_the_backbone(runner, image_folder, tmp_path):
+    run_json(runner, "learn", image_folder, "-o", tmp_path / "m.edge", "--learner", "slda", *TINY)
+    out = run_json(runner, "evaluate", tmp_path / "m.edge", image_folder, "--variants", "--weights", "random")
     rows = {(r["runtime"], r["precision"]): r for r in out["variants"]}
-    assert set(rows) == {("onnx", "fp32"), ("onnx", "int8")}
+    assert set(rows) == {("torch", "fp32"), ("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8-dynamic"),
+                         ("onnx", "int8")}
     assert rows["onnx", "int8"]["bytes"] < rows["onnx", "fp32"]["bytes"]
+    assert rows["onnx", "fp32"]["accuracy"] == rows["torch", "fp32"]["accuracy"]
     assert all(0 <= r["accuracy"] <= 1 and r["p50_ms"] > 0 and r["batch32_per_s"] > 0 for r in rows.values())
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["tiny-fp32.onnx", "tiny-int8.onnx"]
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "m.edge"), str(image_folder), "--variants"])
+    assert result.exit_code == 1 and "weights" in result.output  # not the weights it learned on
+
+
+@pytest.mark.parametrize("precision, suffix", [("fp32", ".onnx"), ("int8", ".onnx"), ("fp32", ".pt2")])
+def test_compress_exports_a_classifier_that_agrees_with_torch(runner, image_folder, tmp_path, precision, suffix):
+    run_json(runner, "finetune", image_folder, "-o", tmp_path / "ft.pt", "--strategy", "full", "--epochs", "1",
+             "--backbone", "tiny", "--weights", "random", "--patch", "24", "--grid", "2")
+    out = run_json(runner, "compress", tmp_path / "ft.pt", "-o", tmp_path / f"ft{suffix}", "--precision", precision,
+                   "--calibration", image_folder, "--calibration-per-class", "3")
+    assert out["top1_agreement"] >= (1.0 if precision == "fp32" else 0.8)
+    assert out["max_abs_logit_difference"] < (1e-4 if precision == "fp32" else 0.5)
+    report = run_json(runner, "inspect", tmp_path / f"ft{suffix}", image_folder)
+    torch_report = run_json(runner, "inspect", tmp_path / "ft.pt", image_folder)
+    assert report["patches_per_image"] == 4 and report["parameters"] == torch_report["parameters"]
+    if precision == "fp32":
+        assert report["accuracy"] == torch_report["accuracy"]
+    result = runner.invoke(app, ["compress", str(tmp_path / "ft.pt"), "-o", str(tmp_path / "x.onnx")])
+    assert result.exit_code == 1 and "--calibration" in result.output
 
 
 def test_finetune_then_learn_on_the_fine_tuned_backbone(runner, image_folder, tmp_path):

@@ -1,5 +1,7 @@
-"""Deep training loops for when frozen features are not enough: fine-tuning (transfer learning)."""
+"""Deep training for when frozen features are not enough: one loop (:func:`fit`), fine-tuning
+(transfer learning) on it."""
 
 from edgelearn.training.finetune import STRATEGIES, finetune
+from edgelearn.training.loop import fit
 
-__all__ = ["STRATEGIES", "finetune"]
+__all__ = ["STRATEGIES", "finetune", "fit"]
