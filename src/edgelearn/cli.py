@@ -420,8 +420,9 @@ def frames(
 @user_errors
 def compress(
     model: Annotated[Path, typer.Argument(help="A classifier from edgelearn finetune or distill (.pt + .json).")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="OUT.onnx (ONNX Runtime) or OUT.pt2 (torch.export, "
-                                                                "fp32), + .json sidecar.")] = Path("model.onnx"),
+    output: Annotated[Path, typer.Option("-o", "--output", help="OUT.onnx (ONNX Runtime), OUT.pt2 (torch.export) or "
+                                                                "OUT.tflite (LiteRT); + .json sidecar.")]
+    = Path("model.onnx"),
     precision: Annotated[str, typer.Option(help="fp32, fp16, int8-dynamic or int8 (static, calibrated).")] = "int8",
     calibration: Annotated[Path | None, typer.Option(help="Folder data set: its train/ split calibrates int8, "
                                                           "its test/ split checks the export.")] = None,

@@ -1,5 +1,6 @@
 """The CLI end to end on a tiny generated image folder with the tiny random backbone."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -130,7 +131,12 @@ def test_evaluate_compares_every_variant_of_the_backbone(runner, image_folder, t
     assert result.exit_code == 1 and "weights" in result.output  # not the weights it learned on
 
 
-@pytest.mark.parametrize("precision, suffix", [("fp32", ".onnx"), ("int8", ".onnx"), ("fp32", ".pt2")])
+LITERT = pytest.mark.skipif(importlib.util.find_spec("litert_torch") is None,
+                            reason="LiteRT converter not installed: pip install 'edgelearn[litert]'")
+
+
+@pytest.mark.parametrize("precision, suffix", [("fp32", ".onnx"), ("int8", ".onnx"), ("fp32", ".pt2"),
+                                               pytest.param("fp32", ".tflite", marks=LITERT)])
 def test_compress_exports_a_classifier_that_agrees_with_torch(runner, image_folder, tmp_path, precision, suffix):
     run_json(runner, "finetune", image_folder, "-o", tmp_path / "ft.pt", "--strategy", "full", "--epochs", "1",
              "--backbone", "tiny", "--weights", "random", "--patch", "24", "--grid", "2")

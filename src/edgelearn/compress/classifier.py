@@ -1,10 +1,10 @@
 """Export a trained classifier, head included (a fine-tuned teacher or a distilled student), to
-ONNX at a chosen precision, or to a ``torch.export`` program (``.pt2``, fp32: TorchScript's
-maintained successor; ``torch.jit`` is deprecated in this torch), and check it against PyTorch on
-real images.
+ONNX at a chosen precision, to a ``torch.export`` program (``.pt2``, fp32: TorchScript's
+maintained successor; ``torch.jit`` is deprecated in this torch) or to LiteRT (``.tflite``, fp32,
+optional extra), and check it against PyTorch on real images.
 
 The export gets a sidecar ``OUT.json`` (the source's, plus the precision and the source's sha256),
-so ``edgelearn inspect OUT.onnx|OUT.pt2 ...`` runs it by the same patch protocol.
+so ``edgelearn inspect OUT.onnx|OUT.pt2|OUT.tflite ...`` runs it by the same patch protocol.
 """
 
 import json
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from edgelearn.backbones.backbone import fuse_batch_norms
+from edgelearn.compress.litert import export_litert
 from edgelearn.compress.onnx import export_onnx
 from edgelearn.compress.quantize import PRECISIONS, quantize
 from edgelearn.data import FolderDataset
@@ -41,13 +42,15 @@ def compress_classifier(model: str | os.PathLike, output: str | os.PathLike, *, 
     calib = train.sample_per_class(calibration_per_class, seed)
     patches = _patch_batches(reference, [load_image(p) for p in calib.paths])
     output = Path(output)
-    if output.suffix not in (".onnx", ".pt2"):
-        raise ValueError(f"{output}: name the export .onnx (ONNX Runtime) or .pt2 (torch.export)")
+    if output.suffix not in (".onnx", ".pt2", ".tflite"):
+        raise ValueError(f"{output}: name the export .onnx (ONNX Runtime), .pt2 (torch.export) or .tflite (LiteRT)")
     net, side = fuse_batch_norms(source.model), source.preprocessing.input_size
+    if output.suffix != ".onnx" and precision != "fp32":
+        raise ValueError(f"a {output.suffix} export is fp32; lower precisions go through ONNX Runtime (.onnx)")
     if output.suffix == ".pt2":
-        if precision != "fp32":
-            raise ValueError("a .pt2 export is fp32; lower precisions go through ONNX Runtime (.onnx)")
         export_program(net, side, output)
+    elif output.suffix == ".tflite":
+        export_litert(net, side, output, batch=source.grid.grid ** 2)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = export_onnx(net, side, Path(tmp) / "fp32.onnx")

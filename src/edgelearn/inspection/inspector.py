@@ -21,6 +21,7 @@ from torch import nn
 from edgelearn.backbones import Preprocessing, build_classifier
 from edgelearn.backbones.backbone import fuse_batch_norms
 from edgelearn.backbones.weights import sha256_file
+from edgelearn.compress.litert import LiteRunner
 from edgelearn.compress.onnx import OnnxRunner
 from edgelearn.data import FolderDataset
 from edgelearn.data.images import load_image
@@ -81,8 +82,8 @@ def load_model(path: str | Path, *, grid: PatchGrid | None = None) -> Inspection
     if "categories" not in meta:
         raise ModelFileError(f"{path} has no class names in its sidecar: it is a feature extractor, not a classifier")
     arch = meta.get("architecture", "")
-    if path.suffix in (".onnx", ".pt2"):
-        model = OnnxRunner(path) if path.suffix == ".onnx" else _load_program(path)
+    if path.suffix in EXPORTS:
+        model = EXPORTS[path.suffix](path)
         prep = Preprocessing(meta["input_size"], meta.get("resize_size", meta["input_size"]),
                              tuple(meta["normalize_mean"]), tuple(meta["normalize_std"]))
     elif arch == STUDENT:
@@ -96,7 +97,7 @@ def load_model(path: str | Path, *, grid: PatchGrid | None = None) -> Inspection
     if grid is None:
         patch = meta.get("patch") or {"size": prep.input_size, "grid": 1}
         grid = PatchGrid(patch["size"], patch["grid"])
-    if isinstance(model, nn.Module) and path.suffix != ".pt2":  # an exported program has no train mode
+    if isinstance(model, nn.Module) and path.suffix not in EXPORTS:  # an exported program has no train mode
         model = model.eval().requires_grad_(False)
     return InspectionModel(model, list(meta["categories"]), prep, grid, meta, path)
 
@@ -106,6 +107,9 @@ def _load_program(path: Path) -> nn.Module:
         return torch.export.load(path).module()
     except Exception as exc:  # torch raises many kinds for a bad file
         raise ModelFileError(f"cannot load the exported program {path}: {str(exc).splitlines()[0]}") from exc
+
+
+EXPORTS = {".onnx": OnnxRunner, ".pt2": _load_program, ".tflite": LiteRunner}
 
 
 def _load_student(path: Path, meta: dict) -> Student:
