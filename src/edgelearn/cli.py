@@ -155,8 +155,9 @@ def evaluate(
     model: Annotated[Path, typer.Argument(help="A saved model (.edge).")],
     dataset: Annotated[Path, typer.Argument(help="Folder data set (its test/ split when there is one).")],
     level: Annotated[int | None, typer.Option(help="Evaluate at this concept level.")] = None,
-    variants: Annotated[bool, typer.Option("--variants", help="Instead: one table over every runtime and precision "
-                                                              "of the model's backbone (relearned on train/).")] = False,
+    variants: Annotated[bool, typer.Option(
+        "--variants", help="Instead: one table over every runtime and precision of the model's backbone "
+                           "(its learner relearned on train/).")] = False,
     weights: Weights = None,
     no_cache: NoCache = False,
     as_json: Json = False,
@@ -446,15 +447,15 @@ def compress(
 def _variants_table(model: Path, dataset: Path, weights, as_json: bool) -> None:
     """Module A at every runtime and precision: top-1/top-5 of the model's learner kind on each
     variant's features, size, p50 latency at batch 1, throughput at batch 32 (paper 001, figs. 4-8)."""
-    from edgelearn.compress.variants import VARIANTS, compare_variants
-
     from edgelearn.backbones.weights import resolve_weights
+    from edgelearn.compress.variants import VARIANTS, compare_variants
 
     rec = Recognizer.load(model, with_backbone=False)
     fp = rec.info()["backbone"]
     weights = _default_weights(weights)
     if resolve_weights(fp["name"], weights).ident != fp["weights"]:
-        raise ValueError(f"{model} was learned on other backbone weights ({fp['weights'][:16]}…); give them with --weights")
+        raise ValueError(f"{model} was learned on other backbone weights ({fp['weights'][:16]}…); "
+                         f"give them with --weights")
     rows = compare_variants(dataset, weights=weights, input_size=fp.get("input_size"),
                             backbone=fp["name"], learner=rec.info()["learner"], variants=VARIANTS,
                             progress=lambda line: err.print(line, highlight=False))
@@ -536,7 +537,8 @@ def distill(
 
     sizes = tuple(int(v) for v in filters.split(","))
     result = run_distill(dataset, output, teacher=teacher, patch=None if teacher else PatchGrid(patch, grid),
-                         input_size=input_size, filters=sizes, hidden=hidden, alpha=alpha, patches_per_image=patches_per_image, epochs=epochs,
+                         input_size=input_size, filters=sizes, hidden=hidden, alpha=alpha,
+                         patches_per_image=patches_per_image, epochs=epochs,
                          lr=lr, batch_size=batch_size, seed=seed, resume=resume, progress=err.is_terminal,
                          log=lambda line: err.print(line, highlight=False))
     table = _history_table(result, output)
@@ -607,7 +609,8 @@ def analyse(
     for name in result["sparsity"]:
         gamma = result["weight_change"].get(result["conv_of"].get(name, ""), None)
         table.add_row(name, "-" if gamma is None else f"{gamma:.3f}", f"{result['sparsity'][name]:.2%}")
-    table.caption = f"disentanglement d = {result['disentanglement']['d']:.3f} over {result['disentanglement']['points']} images"
+    d = result["disentanglement"]
+    table.caption = f"disentanglement d = {d['d']:.3f} over {d['points']} images"
     emit(result, as_json, table)
 
 

@@ -15,7 +15,6 @@ from edgelearn.inspection import Inspector, Student, StudentConfig, distill, eva
 from edgelearn.inspection.analysis import analyse_model, disentanglement, sparsity, weight_change
 from edgelearn.inspection.inspector import InspectionModel, is_defect_free
 from edgelearn.inspection.student import count_parameters
-from edgelearn.training import finetune
 
 QUIET = {"log": lambda *a: None}
 

@@ -115,8 +115,8 @@ def plot_analysis(results: dict[str, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, key, title in zip(axes, ("weight_change", "sparsity"), ("weight change rate γ (eq. 2)",
-                                                                    "dead-channel sparsity s (eq. 3)")):
+    titles = {"weight_change": "weight change rate γ (eq. 2)", "sparsity": "dead-channel sparsity s (eq. 3)"}
+    for ax, (key, title) in zip(axes, titles.items(), strict=True):
         for label, result in results.items():
             values = list(result.get(key, {}).values())
             if values:

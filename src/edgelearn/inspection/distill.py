@@ -3,7 +3,8 @@
 The student regresses the teacher's logits (eq. 1: ``1/2N sum ||f_T(x) - f_S(x)||^2``), optionally
 mixed with the hard labels (``alpha`` = their weight). The transfer set is ``patches_per_image``
 random patches per training image, each flipped/rotated at random unless ``augmented`` is off (the
-paper distils on augmented data); the teacher scores it once, so every student epoch costs only the student. Without a teacher
+paper distils on augmented data); they are cut and scored by the teacher once and kept in memory
+(uint8, at the student's input size), so a student epoch costs only the student. Without a teacher
 the same student learns from the labels alone: the paper's control. Training runs through the one
 loop (:func:`edgelearn.training.loop.fit`): balanced classes, best by validation loss, exact resume.
 """
@@ -27,7 +28,7 @@ from edgelearn.data.images import load_image
 from edgelearn.data.patches import PatchGrid, augment
 from edgelearn.errors import DatasetError
 from edgelearn.files import atomic_write_bytes
-from edgelearn.inspection.inspector import STUDENT, Inspector, load_model
+from edgelearn.inspection.inspector import STUDENT, Inspector
 from edgelearn.inspection.student import PAPER_FILTERS, Student, StudentConfig, count_parameters
 from edgelearn.training.finetune import split_validation
 from edgelearn.training.loop import cross_entropy, fit

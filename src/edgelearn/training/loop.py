@@ -60,7 +60,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset, 
     weights = balanced_weights(targets, n_classes)
     base_lr = [group.setdefault("initial_lr", group["lr"]) for group in optimizer.param_groups]
     for epoch in range(start, epochs):
-        for group, lr in zip(optimizer.param_groups, base_lr):
+        for group, lr in zip(optimizer.param_groups, base_lr, strict=True):
             group["lr"] = lr * (0.5 * (1 + math.cos(math.pi * epoch / epochs)) if cosine else 1.0)
         torch.manual_seed(seed * 100_003 + epoch)  # augmentations and sampling depend on (seed, epoch) only
         sampler = WeightedRandomSampler(weights, len(train_set), replacement=True,
