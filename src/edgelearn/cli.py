@@ -559,11 +559,11 @@ def inspect(
     from edgelearn.data.images import IMAGE_SUFFIXES, load_image
     from edgelearn.inspection import Inspector, evaluate_inspection
 
-    inspector = Inspector.load(model)
-    images = [target] if target.is_file() else sorted(
-        p for p in target.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if target.is_dir() else []
     if not target.exists():
         raise ValueError(f"not found: {target}")
+    inspector = Inspector.load(model)
+    images = [target] if target.is_file() else sorted(p for p in target.iterdir()
+                                                      if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if images:
         results = [{"image": str(p), **vars(r)} for p in images for r in inspector.inspect([load_image(p)])]
         table = Table("image", "class", "defective", "patch votes")

@@ -40,6 +40,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def atomic_write_figure(path: str | os.PathLike, fig) -> None:
+    """Save a matplotlib figure as a PNG atomically, and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def container_bytes(manifest: dict, arrays: dict[str, np.ndarray]) -> bytes:
     """``manifest`` (JSON-able) and ``arrays`` as the bytes of one safetensors file."""
     tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}

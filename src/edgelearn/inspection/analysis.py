@@ -8,7 +8,6 @@ and the disentanglement of its last convolutional representation.
   shortest path in the k-nearest-neighbour graph (k = 5; eqs. 4-6). 0 = a flat, unfolded manifold.
 """
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from edgelearn.data import FolderDataset
 from edgelearn.data.images import load_image
 from edgelearn.data.patches import PatchGrid
 from edgelearn.errors import WeightsError
-from edgelearn.files import atomic_write_bytes
+from edgelearn.files import atomic_write_figure
 from edgelearn.inspection.inspector import STUDENT, InspectionModel, load_model
 from edgelearn.inspection.student import Student, StudentConfig
 from edgelearn.training.finetune import patch_transform
@@ -125,11 +124,7 @@ def plot_analysis(results: dict[str, dict], path: Path) -> None:
         ax.set_xlabel("layer (relative depth: input → output)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_figure(path, fig)
 
 
 def initial_model(model: InspectionModel, weights=None) -> nn.Module:

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from edgelearn.errors import ModelFileError
-from edgelearn.files import atomic_write_bytes
+from edgelearn.files import atomic_write_bytes, atomic_write_figure
 
 #: ``loss(model, batch) -> (loss, logits, targets)``; accuracy is counted on ``logits`` vs ``targets``.
 Loss = Callable[[nn.Module, Sequence[torch.Tensor]], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -139,8 +139,4 @@ def plot_history(history: list[dict], path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_figure(path, fig)
