@@ -35,6 +35,8 @@ DEMO_WEIGHTS = Path("../shared/models/mobilenet_v2_imagenet.pt")
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 Weights = Annotated[str | None, typer.Option(
     envvar=WEIGHTS_ENV, help="Backbone weights: a state-dict file, 'download' or 'random'.")]
+Runtime = Annotated[str, typer.Option(help="Run the backbone on torch or onnx (ONNX Runtime: same features, "
+                                           "faster on CPUs).")]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the feature cache.")]
 Key = Annotated[Path | None, typer.Option(help="This site's private key (edgelearn keys new): sign the output.")]
 
@@ -60,9 +62,9 @@ def emit(result: dict, as_json: bool, table: Table | None = None) -> None:
         out.print(table)
 
 
-def _model_and_test_split(model: Path, dataset: Path, weights, no_cache: bool):
+def _model_and_test_split(model: Path, dataset: Path, weights, no_cache: bool, runtime: str = "torch"):
     """A saved model, the data set's test split (or all of it) and its features."""
-    rec = Recognizer.load(model, weights=weights)
+    rec = Recognizer.load(model, weights=weights, runtime=runtime)
     train, test = FolderDataset.splits(dataset)
     ds = test or train
     return rec, ds, _embed(rec, ds, no_cache)
@@ -74,12 +76,13 @@ def _embed(rec: Recognizer, ds: FolderDataset, no_cache: bool):
 
 
 def _learn(dataset: Path, learner: str, steps: int, per_class: int | None, seed: int, consolidation: str,
-           backbone: str, weights: str | None, input_size: int | None, no_cache: bool) -> dict:
+           backbone: str, weights: str | None, input_size: int | None, no_cache: bool,
+           runtime: str = "torch") -> dict:
     if consolidation not in CONSOLIDATION:
         raise ValueError(f"--consolidation must be one of {', '.join(CONSOLIDATION)}, got {consolidation!r}")
     train, test = FolderDataset.splits(dataset)
     train = train.sample_per_class(per_class, seed)
-    rec = Recognizer.create(backbone, learner=learner, weights=weights, input_size=input_size)
+    rec = Recognizer.create(backbone, learner=learner, weights=weights, input_size=input_size, runtime=runtime)
     err.print(f"learning {len(train)} images of {len(train.classes)} classes in {steps} step(s) "
               f"with {rec.learner.kind} on {rec.backbone!r}")
     X = _embed(rec, train, no_cache)
@@ -116,13 +119,14 @@ def learn(
     backbone: Annotated[str, typer.Option(help="torchvision model name.")] = "mobilenet_v2",
     weights: Weights = None,
     input_size: Annotated[int | None, typer.Option(help="Square input size (224 standard, 96 paper).")] = None,
+    runtime: Runtime = "torch",
     no_cache: NoCache = False,
     key: Key = None,
     as_json: Json = False,
 ):
     """Learn the classes of a folder data set as a class-incremental stream and save the model."""
     result = _learn(dataset, learner, steps, per_class, seed, consolidation, backbone, weights, input_size,
-                    no_cache)
+                    no_cache, runtime)
     result.pop("recognizer").save(output, key=_key(key))
     err.print(f"saved {output}")
     emit({**result, "model": str(output)}, as_json, _steps_table(result["history"], result.get("evaluation")))
@@ -136,10 +140,11 @@ def predict(
     top_k: Annotated[int, typer.Option(help="How many classes to show per image.")] = 5,
     level: Annotated[int | None, typer.Option(help="Roll labels up to this concept level.")] = None,
     weights: Weights = None,
+    runtime: Runtime = "torch",
     as_json: Json = False,
 ):
     """Classify images: label, confidence and the next-best classes."""
-    rec = Recognizer.load(model, weights=weights)
+    rec = Recognizer.load(model, weights=weights, runtime=runtime)
     predictions = rec.predict(images, top_k=top_k, level=level)
     rows = [{"image": str(p), **pred.to_dict()} for p, pred in zip(images, predictions, strict=True)]
     table = Table("image", "label", "confidence", "next best")
@@ -159,13 +164,14 @@ def evaluate(
         "--variants", help="Instead: one table over every runtime and precision of the model's backbone "
                            "(its learner relearned on train/).")] = False,
     weights: Weights = None,
+    runtime: Runtime = "torch",
     no_cache: NoCache = False,
     as_json: Json = False,
 ):
     """Top-1, top-5 and per-class accuracy on a labelled folder."""
     if variants:
         return _variants_table(model, dataset, weights, as_json)
-    rec, ds, X = _model_and_test_split(model, dataset, weights, no_cache)
+    rec, ds, X = _model_and_test_split(model, dataset, weights, no_cache, runtime)
     result = evaluate_features(rec, X, ds.labels, level=level)
     table = Table("class", "n", "top-1", "top-5")
     for c, r in result["per_class"].items():

@@ -228,7 +228,7 @@ class Recognizer:
     @classmethod
     def load(cls, path: str | os.PathLike, *, weights=None, backbone: Backbone | None = None,
              with_backbone: bool = True, trust: TrustStore | None = None, require_signature: bool = False,
-             allow_other_precision: bool = False) -> "Recognizer":
+             allow_other_precision: bool = False, runtime: str = "torch") -> "Recognizer":
         """Load a saved recognizer or a site's package; refuses it if the backbone differs from
         the one it learned on, if it was altered, or (``require_signature``) if no trusted site signed it.
 
@@ -236,24 +236,27 @@ class Recognizer:
         else the path recorded at save time). ``with_backbone=False`` loads the fast memory only.
         ``allow_other_precision`` accepts knowledge learned on another precision of the same backbone
         (fp32 knowledge on an int8 backbone: close features, not equal ones; the user's call).
+        ``runtime`` runs the rebuilt fp32 backbone on PyTorch or ONNX Runtime (the same features).
         """
         manifest, arrays = read_package(path, trust=trust, require_signature=require_signature)
-        return cls._from_package(manifest, arrays, path, weights, backbone, with_backbone, allow_other_precision)
+        return cls._from_package(manifest, arrays, path, weights, backbone, with_backbone, allow_other_precision,
+                                 runtime)
 
     @classmethod
     def from_bytes(cls, data: bytes, name: str = "<package>", *, weights=None, backbone: Backbone | None = None,
                    with_backbone: bool = True, trust: TrustStore | None = None, require_signature: bool = False,
-                   allow_other_precision: bool = False) -> "Recognizer":
+                   allow_other_precision: bool = False, runtime: str = "torch") -> "Recognizer":
         """:meth:`load` for a package held in memory (an upload, a stored version)."""
         manifest, arrays = parse_package(data, name, trust=trust, require_signature=require_signature)
-        return cls._from_package(manifest, arrays, name, weights, backbone, with_backbone, allow_other_precision)
+        return cls._from_package(manifest, arrays, name, weights, backbone, with_backbone, allow_other_precision,
+                                 runtime)
 
     @classmethod
     def _from_package(cls, manifest, arrays, path, weights, backbone, with_backbone,
-                      allow_other_precision=False) -> "Recognizer":
+                      allow_other_precision=False, runtime="torch") -> "Recognizer":
         learner = learner_from_state({**manifest["learner"], "arrays": arrays})
         if backbone is None and with_backbone:
-            backbone = _rebuild_backbone(manifest, weights)
+            backbone = _rebuild_backbone(manifest, weights, runtime)
         if backbone is not None:
             _check_fingerprint(manifest["backbone"], backbone.fingerprint, path,
                                ignore=("precision",) if allow_other_precision else ())
@@ -282,7 +285,7 @@ class Recognizer:
             raise ValueError("this recognizer was loaded without its backbone (with_backbone=False)")
 
 
-def _rebuild_backbone(manifest: dict, weights) -> Backbone:
+def _rebuild_backbone(manifest: dict, weights, runtime: str = "torch") -> Backbone:
     fp = manifest["backbone"]
     ident = fp["weights"]
     seed = 0
@@ -294,7 +297,7 @@ def _rebuild_backbone(manifest: dict, weights) -> Backbone:
         elif not os.environ.get("EDGELEARN_WEIGHTS") and manifest.get("weights_path") \
                 and Path(manifest["weights_path"]).is_file():
             weights = manifest["weights_path"]
-    return build_backbone(fp["name"], weights=weights, input_size=fp["input_size"], seed=seed)
+    return build_backbone(fp["name"], weights=weights, input_size=fp["input_size"], seed=seed, runtime=runtime)
 
 
 def _check_fingerprint(saved: dict, current: dict, path, ignore: Sequence[str] = ()) -> None:

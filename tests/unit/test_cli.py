@@ -47,6 +47,24 @@ def test_learn_predict_evaluate_consolidate_info(runner, image_folder, tmp_path)
     assert info["backbone"]["name"] == "tiny"
 
 
+def test_the_backbone_runs_on_onnx_runtime_with_the_same_answers(runner, image_folder, tmp_path):
+    run_json(runner, "learn", image_folder, "-o", tmp_path / "onnx.edge", "--learner", "slda", "--runtime", "onnx",
+             "--no-cache", *TINY)
+    run_json(runner, "learn", image_folder, "-o", tmp_path / "torch.edge", "--learner", "slda", "--no-cache", *TINY)
+    images = sorted((image_folder / "test").rglob("*.png"))
+    answers = {}
+    for model, runtime in (("onnx", "onnx"), ("torch", "onnx"), ("onnx", "torch")):
+        out = run_json(runner, "predict", tmp_path / f"{model}.edge", *images, "--runtime", runtime, *TINY[2:])
+        answers[model, runtime] = out["predictions"]
+    reference = answers.pop(("onnx", "onnx"))
+    for other in answers.values():
+        assert [p["label"] for p in other] == [p["label"] for p in reference]
+        assert [p["confidence"] for p in other] == pytest.approx([p["confidence"] for p in reference], abs=1e-3)
+    evaluated = run_json(runner, "evaluate", tmp_path / "onnx.edge", image_folder, "--runtime", "onnx", "--no-cache",
+                         *TINY[2:])
+    assert evaluated["n"] == 9
+
+
 def test_a_model_learned_in_one_step_consolidated_after_each(runner, image_folder, tmp_path):
     out = run_json(runner, "learn", image_folder, "-o", tmp_path / "m.edge", "--learner", "ncm",
                    "--per-class", "2", "--consolidation", "after_each_step", *TINY)
