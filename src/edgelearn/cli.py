@@ -541,7 +541,10 @@ def distill(
     from edgelearn.data.patches import PatchGrid
     from edgelearn.inspection import distill as run_distill
 
-    sizes = tuple(int(v) for v in filters.split(","))
+    try:
+        sizes = tuple(int(v) for v in filters.split(","))
+    except ValueError:
+        raise ValueError(f"--filters takes comma-separated whole numbers such as 4,8,16,4,4, got {filters!r}") from None
     result = run_distill(dataset, output, teacher=teacher, patch=None if teacher else PatchGrid(patch, grid),
                          input_size=input_size, filters=sizes, hidden=hidden, alpha=alpha,
                          patches_per_image=patches_per_image, epochs=epochs,

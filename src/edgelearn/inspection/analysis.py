@@ -132,7 +132,7 @@ def initial_model(model: InspectionModel, weights=None) -> nn.Module:
     model's source weights (``weights``; they must be the ones it was fine-tuned from)."""
     meta = model.meta
     if meta.get("architecture") == STUDENT:
-        config = StudentConfig(**{**meta["student"], "filters": tuple(meta["student"]["filters"])})
+        config = StudentConfig.from_dict(meta["student"])
         with torch.random.fork_rng():
             torch.manual_seed(meta["distilled"]["seed"])
             return Student(config)

@@ -115,7 +115,7 @@ EXPORTS = {".onnx": OnnxRunner, ".pt2": _load_program, ".tflite": LiteRunner}
 def _load_student(path: Path, meta: dict) -> Student:
     if meta.get("sha256") and sha256_file(path) != meta["sha256"]:
         raise ModelFileError(f"{path} does not match the sha256 in its sidecar: damaged or replaced")
-    config = StudentConfig(**{**meta["student"], "filters": tuple(meta["student"]["filters"])})
+    config = StudentConfig.from_dict(meta["student"])
     model = Student(config)
     try:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

@@ -22,6 +22,10 @@ class StudentConfig:
     def to_dict(self) -> dict:
         return {**asdict(self), "filters": list(self.filters)}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "StudentConfig":
+        return cls(**{**data, "filters": tuple(data["filters"])})
+
 
 class Student(nn.Sequential):
     """Build from a :class:`StudentConfig` (``Student(StudentConfig(6))``)."""
