@@ -1,5 +1,5 @@
 """`edgelearn` command line: serve, learn, predict, evaluate, calibrate, consolidate, info, demo, merge,
-federate, keys, representatives, frames, compress, finetune, distill, inspect, analyse.
+federate, keys, representatives, frames, compress, train, distill, inspect, analyse.
 
 Every reporting command takes ``--json`` (one JSON object on stdout, progress on stderr).
 Exit codes: 0 success, 1 a user error (one line on stderr), 2 a usage error (Typer's own).
@@ -426,7 +426,7 @@ def frames(
 @app.command()
 @user_errors
 def compress(
-    model: Annotated[Path, typer.Argument(help="A classifier from edgelearn finetune or distill (.pt + .json).")],
+    model: Annotated[Path, typer.Argument(help="A classifier from edgelearn train or distill (.pt + .json).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="OUT.onnx (ONNX Runtime), OUT.pt2 (torch.export) or "
                                                                 "OUT.tflite (LiteRT); + .json sidecar.")]
     = Path("model.onnx"),
@@ -474,41 +474,54 @@ def _variants_table(model: Path, dataset: Path, weights, as_json: bool) -> None:
 
 @app.command()
 @user_errors
-def finetune(
+def train(
     dataset: Annotated[Path, typer.Argument(help="Folder data set: <class>/*.jpg (its train/ split if any).")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="The fine-tuned weights (+ .json, .ckpt, .png).")]
-    = Path("finetuned.pt"),
+    output: Annotated[Path, typer.Option("-o", "--output", help="The trained weights (+ .json, .ckpt, .png).")]
+    = Path("trained.pt"),
     strategy: Annotated[str, typer.Option(help="frozen (new head only), partial (last blocks too) or full.")]
     = "frozen",
+    mode: Annotated[str, typer.Option(help="single (this process), ddp (synchronous data parallel) or ps "
+                                           "(asynchronous parameter server).")] = "single",
+    workers: Annotated[int, typer.Option(help="ddp/ps: worker processes.")] = 2,
+    threads: Annotated[int | None, typer.Option(help="Threads per process (default: cores / workers).")] = None,
     epochs: Annotated[int, typer.Option(help="Passes over the training images.")] = 5,
     lr: Annotated[float | None, typer.Option(help="Learning rate (default by strategy).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Images per step (per worker).")] = 32,
     blocks: Annotated[int, typer.Option(help="partial: how many of the last blocks learn.")] = 3,
     backbone: Annotated[str, typer.Option(help="torchvision model name.")] = "mobilenet_v2",
     weights: Weights = None,
     input_size: Annotated[int | None, typer.Option(help="Square input size.")] = None,
     patch: Annotated[int | None, typer.Option(help="Train on patches of this size (inspection protocol).")] = None,
     grid: Annotated[int, typer.Option(help="With --patch: grid x grid patches cover a test image.")] = 3,
+    start_from: Annotated[Path | None, typer.Option("--from", help="Continue from an earlier result (an online "
+                                                                   "session on new data).")] = None,
+    max_norm: Annotated[float | None, typer.Option(help="Weight constraint: each unit's weights at most this "
+                                                        "norm (paper 002's sessions: 3).")] = None,
+    dropout: Annotated[float | None, typer.Option(help="Dropout before the head (default: the model's).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split, sampling and augmentation.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUTPUT.ckpt after an interruption.")] = False,
     as_json: Json = False,
 ):
-    """Fine-tune a classifier (transfer learning); the best epoch by validation loss is kept and loads
-    as a backbone afterwards (--weights OUTPUT) or, with --patch, as an inspection teacher."""
+    """Train a classifier (transfer learning) in one process or across several; the best epoch by
+    validation loss is kept and loads as a backbone afterwards (--weights OUTPUT) or, with --patch, as
+    an inspection teacher."""
     from edgelearn.data.patches import PatchGrid
-    from edgelearn.training import finetune as run_finetune
+    from edgelearn.training import train as run_train
 
-    result = run_finetune(dataset, output, backbone=backbone, weights=_default_weights(weights), strategy=strategy,
-                          epochs=epochs, lr=lr, batch_size=batch_size, input_size=input_size, trainable_blocks=blocks,
-                          patch=patch and PatchGrid(patch, grid), seed=seed, resume=resume, progress=err.is_terminal,
-                          log=lambda line: err.print(line, highlight=False))
+    result = run_train(dataset, output, mode=mode, workers=workers, threads=threads, backbone=backbone,
+                       weights=_default_weights(weights), strategy=strategy, epochs=epochs, lr=lr,
+                       batch_size=batch_size, input_size=input_size, trainable_blocks=blocks,
+                       patch=patch and PatchGrid(patch, grid), start_from=start_from, max_norm=max_norm,
+                       dropout=dropout, seed=seed, resume=resume, progress=err.is_terminal,
+                       log=lambda line: err.print(line, highlight=False))
     emit(result, as_json, _history_table(result, output))
 
 
 def _history_table(result: dict, output: Path) -> Table:
-    table = Table("epoch", "train loss", "val loss", "val accuracy")
+    table = Table("epoch", "train loss", "val loss", "val accuracy", "seconds")
     for h in result["history"]:
-        table.add_row(str(h["epoch"]), f"{h['train_loss']:.4f}", f"{h['val_loss']:.4f}", f"{h['val_accuracy']:.1%}")
+        table.add_row(str(h["epoch"]), f"{h['train_loss']:.4f}", f"{h['val_loss']:.4f}", f"{h['val_accuracy']:.1%}",
+                      f"{h['seconds']:.1f}")
     table.caption = f"best epoch {result['best_epoch']} saved to {output}; curves in {output.with_suffix('.png')}"
     return table
 
@@ -517,7 +530,7 @@ def _history_table(result: dict, output: Path) -> Table:
 @user_errors
 def distill(
     dataset: Annotated[Path, typer.Argument(help="Folder data set: <class>/*.png (its train/ split if any).")],
-    teacher: Annotated[Path | None, typer.Option(help="The teacher (edgelearn finetune --patch); "
+    teacher: Annotated[Path | None, typer.Option(help="The teacher (edgelearn train --patch); "
                                                        "without one the student learns from the labels.")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="The student (+ .json, .ckpt, .png).")]
     = Path("student.pt"),
@@ -558,7 +571,7 @@ def distill(
 @app.command()
 @user_errors
 def inspect(
-    model: Annotated[Path, typer.Argument(help="A patch classifier (edgelearn finetune --patch / distill).")],
+    model: Annotated[Path, typer.Argument(help="A patch classifier (edgelearn train --patch / distill).")],
     target: Annotated[Path, typer.Argument(help="An image, a folder of images, or a data set (its test/ split "
                                                 "is evaluated).")],
     as_json: Json = False,
@@ -598,7 +611,7 @@ def inspect(
 @app.command()
 @user_errors
 def analyse(
-    model: Annotated[Path, typer.Argument(help="A patch classifier (edgelearn finetune --patch / distill).")],
+    model: Annotated[Path, typer.Argument(help="A patch classifier (edgelearn train --patch / distill).")],
     dataset: Annotated[Path, typer.Argument(help="Images for sparsity and disentanglement (test/ split if any).")],
     weights: Weights = None,
     images: Annotated[int, typer.Option(help="At most this many images (one centre patch each).")] = 400,

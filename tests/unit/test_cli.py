@@ -156,7 +156,7 @@ LITERT = pytest.mark.skipif(importlib.util.find_spec("litert_torch") is None,
 @pytest.mark.parametrize("precision, suffix", [("fp32", ".onnx"), ("int8", ".onnx"), ("fp32", ".pt2"),
                                                pytest.param("fp32", ".tflite", marks=LITERT)])
 def test_compress_exports_a_classifier_that_agrees_with_torch(runner, image_folder, tmp_path, precision, suffix):
-    run_json(runner, "finetune", image_folder, "-o", tmp_path / "ft.pt", "--strategy", "full", "--epochs", "1",
+    run_json(runner, "train", image_folder, "-o", tmp_path / "ft.pt", "--strategy", "full", "--epochs", "1",
              "--backbone", "tiny", "--weights", "random", "--patch", "24", "--grid", "2")
     out = run_json(runner, "compress", tmp_path / "ft.pt", "-o", tmp_path / f"ft{suffix}", "--precision", precision,
                    "--calibration", image_folder, "--calibration-per-class", "3")
@@ -171,13 +171,13 @@ def test_compress_exports_a_classifier_that_agrees_with_torch(runner, image_fold
     assert result.exit_code == 1 and "--calibration" in result.output
 
 
-def test_finetune_then_learn_on_the_fine_tuned_backbone(runner, image_folder, tmp_path):
-    out = run_json(runner, "finetune", image_folder, "-o", tmp_path / "ft.pt", "--strategy", "full", "--epochs",
+def test_train_then_learn_on_the_fine_tuned_backbone(runner, image_folder, tmp_path):
+    out = run_json(runner, "train", image_folder, "-o", tmp_path / "ft.pt", "--strategy", "full", "--epochs",
                    "2", "--lr", "0.01", "--batch-size", "8", "--backbone", "tiny", "--weights", "random")
     assert out["best_epoch"] in (1, 2) and len(out["history"]) == 2 and out["classes"] == ["blue", "green", "red"]
     learned = run_json(runner, "learn", image_folder, "-o", tmp_path / "m.edge", "--backbone", "tiny", "--weights",
                        tmp_path / "ft.pt")
     assert learned["evaluation"]["accuracy"] == 1.0
-    bad = runner.invoke(app, ["finetune", str(image_folder), "--strategy", "nope", "--backbone", "tiny",
+    bad = runner.invoke(app, ["train", str(image_folder), "--strategy", "nope", "--backbone", "tiny",
                               "--weights", "random"])
     assert bad.exit_code == 1 and "strategy must be" in bad.output

@@ -201,7 +201,7 @@ def test_disentanglement_is_zero_on_a_line_and_grows_when_the_manifold_folds():
 def test_cli_trains_inspects_and_analyses(tmp_path):
     data = textures(tmp_path / "tex", per_class=6, test=2)
     runner = CliRunner()
-    result = runner.invoke(app, ["finetune", str(data), "-o", str(tmp_path / "t.pt"), "--backbone", "tiny",
+    result = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "t.pt"), "--backbone", "tiny",
                                  "--weights", "random", "--strategy", "full", "--epochs", "1", "--patch", "32"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "t.json").read_text())["patch"] == {"size": 32, "grid": 3}

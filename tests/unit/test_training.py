@@ -3,7 +3,7 @@ import torch
 
 from edgelearn.backbones import build_backbone, build_classifier
 from edgelearn.errors import ModelFileError
-from edgelearn.training import finetune
+from edgelearn.training import train
 
 TINY = {"backbone": "tiny", "weights": "random", "batch_size": 8, "log": lambda *a: None}
 
@@ -13,7 +13,7 @@ def weights_of(path):
 
 
 def test_full_fine_tuning_learns_the_classes_and_loads_as_a_backbone(image_folder, tmp_path):
-    result = finetune(image_folder, tmp_path / "ft.pt", strategy="full", epochs=3, lr=1e-2, **TINY)
+    result = train(image_folder, tmp_path / "ft.pt", strategy="full", epochs=3, lr=1e-2, **TINY)
     assert result["history"][-1]["val_accuracy"] == 1.0
     assert result["history"][-1]["val_loss"] < result["history"][0]["val_loss"]
     assert (tmp_path / "ft.json").is_file() and (tmp_path / "ft.png").stat().st_size > 1000
@@ -23,7 +23,7 @@ def test_full_fine_tuning_learns_the_classes_and_loads_as_a_backbone(image_folde
 
 @pytest.mark.parametrize("strategy, changed", [("frozen", {"8"}), ("partial", {"4", "8"})])
 def test_strategies_train_only_their_layers(image_folder, tmp_path, strategy, changed):
-    finetune(image_folder, tmp_path / "ft.pt", strategy=strategy, epochs=1, lr=1e-2, trainable_blocks=1, **TINY)
+    train(image_folder, tmp_path / "ft.pt", strategy=strategy, epochs=1, lr=1e-2, trainable_blocks=1, **TINY)
     before, _, _, _ = build_classifier("tiny", weights="random")
     after = weights_of(tmp_path / "ft.pt")
     moved = {k.split(".")[0] for k, v in before.state_dict().items()
@@ -33,21 +33,21 @@ def test_strategies_train_only_their_layers(image_folder, tmp_path, strategy, ch
 
 
 def test_resume_continues_exactly_where_it_stopped(image_folder, tmp_path):
-    finetune(image_folder, tmp_path / "straight.pt", strategy="full", epochs=2, **TINY)
-    finetune(image_folder, tmp_path / "split.pt", strategy="full", epochs=1, **TINY)  # "interrupted"
-    resumed = finetune(image_folder, tmp_path / "split.pt", strategy="full", epochs=2, resume=True, **TINY)
+    train(image_folder, tmp_path / "straight.pt", strategy="full", epochs=2, **TINY)
+    train(image_folder, tmp_path / "split.pt", strategy="full", epochs=1, **TINY)  # "interrupted"
+    resumed = train(image_folder, tmp_path / "split.pt", strategy="full", epochs=2, resume=True, **TINY)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     a, b = torch.load(tmp_path / "straight.ckpt", weights_only=True), torch.load(tmp_path / "split.ckpt",
                                                                                  weights_only=True)
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value)
     with pytest.raises(ModelFileError, match="another run"):
-        finetune(image_folder, tmp_path / "split.pt", strategy="frozen", epochs=3, resume=True, **TINY)
+        train(image_folder, tmp_path / "split.pt", strategy="frozen", epochs=3, resume=True, **TINY)
 
 
 def test_bad_settings_are_refused(image_folder, tmp_path):
     with pytest.raises(ValueError, match="strategy must be"):
-        finetune(image_folder, tmp_path / "x.pt", strategy="some", **TINY)
+        train(image_folder, tmp_path / "x.pt", strategy="some", **TINY)
     (tmp_path / "x.ckpt").write_bytes(b"damaged")
     with pytest.raises(ModelFileError, match="cannot read the checkpoint"):
-        finetune(image_folder, tmp_path / "x.pt", resume=True, **TINY)
+        train(image_folder, tmp_path / "x.pt", resume=True, **TINY)

@@ -103,7 +103,7 @@ def distill(dataset: str | os.PathLike, output: str | os.PathLike, *, teacher: s
             progress: bool = False, log=print) -> dict:
     """Train a student on ``dataset``'s training split and save it (state dict + JSON sidecar).
 
-    With ``teacher`` (a classifier from ``edgelearn finetune``) the student mimics it on the teacher's
+    With ``teacher`` (a classifier from ``edgelearn train``) the student mimics it on the teacher's
     patch geometry; without, it learns from the labels (``patch`` then sets the geometry, default
     128-pixel patches in a 3x3 grid). ``input_size``: the student's (default: the teacher's, or the
     patch size); a smaller one sees the same patches scaled down, and costs less.

@@ -67,14 +67,14 @@ class InspectionModel:
 
 
 def load_model(path: str | Path, *, grid: PatchGrid | None = None) -> InspectionModel:
-    """Load a classifier written by ``edgelearn finetune``, ``edgelearn distill`` (state dict + JSON
+    """Load a classifier written by ``edgelearn train``, ``edgelearn distill`` (state dict + JSON
     sidecar) or ``edgelearn compress`` (ONNX + sidecar). ``grid`` overrides the patch geometry
     recorded at training; a classifier trained on whole images sees the centre crop."""
     path = Path(path)
     sidecar = path.with_suffix(".json")
     if not path.is_file() or not sidecar.is_file():
         raise ModelFileError(f"{path}: need the model file and its sidecar {sidecar.name} "
-                             f"(written by `edgelearn finetune` or `edgelearn distill`)")
+                             f"(written by `edgelearn train` or `edgelearn distill`)")
     try:
         meta = json.loads(sidecar.read_text())
     except json.JSONDecodeError as exc:

@@ -15,7 +15,7 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ from edgelearn.backbones import build_classifier
 from edgelearn.data import FolderDataset
 from edgelearn.data.images import load_image
 from edgelearn.data.patches import GridPatches, PatchGrid, RandomPatches
-from edgelearn.errors import DatasetError
+from edgelearn.errors import DatasetError, ModelFileError
 from edgelearn.files import atomic_write_bytes
 from edgelearn.training.loop import fit
 
@@ -69,15 +69,24 @@ def trainable_modules(model: nn.Module, head: nn.Module, strategy: str, blocks: 
     return [*stages[-blocks:], head]
 
 
-def finetune(dataset: str | os.PathLike, output: str | os.PathLike, *, backbone: str = "mobilenet_v2",
-             weights=None, strategy: str = "frozen", epochs: int = 5, lr: float | None = None,
-             batch_size: int = 32, input_size: int | None = None, trainable_blocks: int = 3,
-             val_fraction: float = 0.1, patch: PatchGrid | None = None, seed: int = 0, resume: bool = False,
-             progress: bool = False, log=print) -> dict:
-    """Fine-tune and save; returns the history (per epoch: train/val loss and accuracy) and the best epoch.
+@dataclass
+class Job:
+    """Everything one process needs to run the loop: built identically by every rank of a distributed run."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    learning: list[nn.Module]
+    train_set: Dataset
+    val_set: Dataset
+    fit_args: dict  # the rest of fit()'s keyword arguments
+    summary: dict = field(default_factory=dict)
 
-    ``input_size`` defaults to the weights' native size, or with ``patch`` to the patch size.
-    """
+
+def prepare(dataset: str | os.PathLike, output: str | os.PathLike, *, backbone: str = "mobilenet_v2",
+            weights=None, strategy: str = "frozen", epochs: int = 5, lr: float | None = None,
+            batch_size: int = 32, input_size: int | None = None, trainable_blocks: int = 3,
+            val_fraction: float = 0.1, patch: PatchGrid | None = None, start_from=None,
+            max_norm: float | None = None, dropout: float | None = None, seed: int = 0) -> Job:
+    """Build the model, data and optimiser of a fine-tuning run (see :func:`train`)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if epochs < 1 or batch_size < 1:
@@ -92,6 +101,12 @@ def finetune(dataset: str | os.PathLike, output: str | os.PathLike, *, backbone:
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # the new head's initial weights are part of the run's identity
         head = replace_head(model, len(ds.classes))
+    if start_from is not None:
+        continue_from(model, Path(start_from), ds.classes)
+    if dropout is not None:
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = dropout
     learning = trainable_modules(model, head, strategy, trainable_blocks)
     model.requires_grad_(False)
     for module in learning:
@@ -99,8 +114,10 @@ def finetune(dataset: str | os.PathLike, output: str | os.PathLike, *, backbone:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr or DEFAULT_LR[strategy], weight_decay=1e-4)
     config = {"backbone": backbone, "strategy": strategy, "classes": ds.classes, "input_size": prep.input_size,
-              "weights": source.ident, "seed": seed, "trainable_blocks": trainable_blocks,
-              "patch": patch and asdict(patch)}
+              "weights": source.ident, "seed": seed, "trainable_blocks": trainable_blocks, "batch_size": batch_size,
+              "lr": optimizer.defaults["lr"], "patch": patch and asdict(patch),
+              "start_from": start_from and str(start_from),
+              "max_norm": max_norm, "dropout": dropout}
     target = {c: i for i, c in enumerate(ds.classes)}
     y = [target[label] for label in ds.labels]
     train_paths, train_y = [ds.paths[i] for i in train_idx], [y[i] for i in train_idx]
@@ -117,13 +134,57 @@ def finetune(dataset: str | os.PathLike, output: str | os.PathLike, *, backbone:
     def save_best(metrics: dict) -> None:
         _save_model(output, model, config, source, padding, prep, metrics)
 
-    history, best = fit(model, optimizer, train_set, val_set, targets=train_y, n_classes=len(ds.classes),
-                        epochs=epochs, batch_size=batch_size, seed=seed, checkpoint=output.with_suffix(".ckpt"),
-                        config=config, save_best=save_best, learning=learning, resume=resume, progress=progress,
-                        log=log)
-    return {"model": str(output), "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
-            "history": history, "classes": ds.classes, "strategy": strategy,
-            "trainable_parameters": sum(p.numel() for p in params)}
+    fit_args = {"targets": train_y, "n_classes": len(ds.classes), "epochs": epochs, "batch_size": batch_size,
+                "seed": seed, "checkpoint": output.with_suffix(".ckpt"), "config": config, "save_best": save_best,
+                "max_norm": max_norm}
+    summary = {"model": str(output), "classes": ds.classes, "strategy": strategy,
+               "trainable_parameters": sum(p.numel() for p in params)}
+    return Job(model, optimizer, learning, train_set, val_set, fit_args, summary)
+
+
+def train(dataset: str | os.PathLike, output: str | os.PathLike, *, mode: str = "single", workers: int = 1,
+          threads: int | None = None, resume: bool = False, progress: bool = False, log=print, **settings) -> dict:
+    """Fine-tune and save; returns the history (per epoch: train/val loss and accuracy, seconds) and the best epoch.
+
+    ``mode``: ``single`` (this process), ``ddp`` (``workers`` data-parallel processes, gloo) or ``ps``
+    (a parameter server in this process and ``workers`` asynchronous worker processes); ``threads``
+    per process (default: this machine's cores shared among the workers). ``settings`` are
+    :func:`prepare`'s: backbone, weights, strategy, epochs, lr, batch_size, input_size (default: the
+    weights' native size, or with ``patch`` the patch size), trainable_blocks, val_fraction, patch,
+    start_from (an earlier result of this function: an online session continues from it), max_norm,
+    dropout, seed.
+    """
+    from edgelearn.training import distributed
+
+    if mode not in distributed.MODES:
+        raise ValueError(f"mode must be one of {', '.join(distributed.MODES)}, got {mode!r}")
+    if mode == "single":
+        job = prepare(dataset, output, **settings)
+        if threads:
+            torch.set_num_threads(threads)
+        history, best = fit(job.model, job.optimizer, job.train_set, job.val_set, learning=job.learning,
+                            resume=resume, progress=progress, log=log, **job.fit_args)
+        summary = job.summary
+    else:
+        run = distributed.run_ddp if mode == "ddp" else distributed.run_ps
+        summary, history, best = run(dict(settings, dataset=dataset, output=output), workers=workers,
+                                     threads=threads, resume=resume, log=log)
+    return {**summary, "mode": mode, "workers": workers if mode != "single" else 1, "best_epoch": best["epoch"],
+            "best_val_loss": best["val_loss"], "history": history}
+
+
+def continue_from(model: nn.Module, path: Path, classes: list[str]) -> None:
+    """Load an earlier run's weights (same architecture and classes) to continue training from them."""
+    sidecar = path.with_suffix(".json")
+    if not path.is_file() or not sidecar.is_file():
+        raise ModelFileError(f"{path}: no such model (+ .json) to continue from")
+    meta = json.loads(sidecar.read_text())
+    if meta.get("categories") != classes:
+        raise ModelFileError(f"{path} knows the classes {meta.get('categories')}, this data set {classes}")
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as exc:  # a damaged file or another architecture
+        raise ModelFileError(f"{path}: cannot continue from it ({exc})") from exc
 
 
 class Images(Dataset):

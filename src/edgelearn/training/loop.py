@@ -8,6 +8,7 @@ the data sets, the loss and what "save the best" writes. Each epoch's randomness
 
 import io
 import math
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -15,13 +16,15 @@ import numpy as np
 import torch
 from rich.progress import track
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler
 
 from edgelearn.errors import ModelFileError
 from edgelearn.files import atomic_write_bytes, atomic_write_figure
 
 #: ``loss(model, batch) -> (loss, logits, targets)``; accuracy is counted on ``logits`` vs ``targets``.
 Loss = Callable[[nn.Module, Sequence[torch.Tensor]], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+#: ``run_epoch(epoch, indices, lr) -> (loss sum, correct, count)``: a training pass run elsewhere.
+EpochRunner = Callable[[int, list[int], float], tuple[float, int, int]]
 
 
 def cross_entropy(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -39,52 +42,92 @@ def balanced_weights(targets: Sequence[int], n_classes: int) -> torch.Tensor:
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset, val_set: Dataset, *,
         targets: Sequence[int], n_classes: int, epochs: int, batch_size: int, seed: int, checkpoint: Path,
         config: dict, save_best: Callable[[dict], None], loss: Loss = cross_entropy,
-        learning: Sequence[nn.Module] | None = None, cosine: bool = True, resume: bool = False,
+        learning: Sequence[nn.Module] | None = None, cosine: bool = True, max_norm: float | None = None,
+        shard: tuple[int, int] = (0, 1), run_epoch: EpochRunner | None = None, resume: bool = False,
         progress: bool = False, log=print) -> tuple[list[dict], dict]:
     """Train for ``epochs``; returns ``(history, best)``.
 
     ``targets`` are the training labels (for balanced sampling); ``learning`` the modules that train
     (the rest stays in eval mode: frozen batch norms keep their statistics; default: the whole model).
     ``cosine`` anneals the learning rate from the optimiser's to zero over the epochs (set per epoch,
-    so a resumed run uses the same rates).
+    so a resumed run uses the same rates). ``max_norm`` rescales every learning unit's incoming
+    weights to at most that norm after each step (paper 002's weight constraint for online sessions).
     ``save_best(metrics)`` is called whenever the validation loss improves. ``checkpoint`` holds
     model, optimiser and history after every epoch; ``resume`` continues from it if ``config`` matches.
+
+    Distributed runs share this loop: ``shard=(rank, world)`` gives each data-parallel process every
+    world-th image of the epoch's sample and of the validation set (sums are all-reduced; only rank 0
+    writes); ``run_epoch(epoch, indices, lr)`` replaces the local training pass (a parameter server
+    hands the indices to its workers) and returns ``(loss sum, correct, count)``.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError("epochs and batch size must be at least 1")
     learning = [model] if learning is None else learning
+    rank, world = shard
+    state = getattr(model, "module", model)  # a DistributedDataParallel wrapper saves its module
     history, best, start = [], {"val_loss": float("inf"), "epoch": None}, 0
     if resume and checkpoint.is_file():
-        start, history, best = _resume(checkpoint, config, model, optimizer)
+        start, history, best = _resume(checkpoint, config, state, optimizer)
         log(f"resuming after epoch {start} of {epochs}")
     weights = balanced_weights(targets, n_classes)
     base_lr = [group.setdefault("initial_lr", group["lr"]) for group in optimizer.param_groups]
+    constrain = (lambda: max_norm_(learning, max_norm)) if max_norm else None
     for epoch in range(start, epochs):
+        started = time.perf_counter()
         for group, lr in zip(optimizer.param_groups, base_lr, strict=True):
             group["lr"] = lr * (0.5 * (1 + math.cos(math.pi * epoch / epochs)) if cosine else 1.0)
-        torch.manual_seed(seed * 100_003 + epoch)  # augmentations and sampling depend on (seed, epoch) only
-        sampler = WeightedRandomSampler(weights, len(train_set), replacement=True,
-                                        generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        model.eval()
-        for module in learning:
-            module.train()
-        train_loss, train_acc = _run(model, DataLoader(train_set, batch_size, sampler=sampler), loss, optimizer,
-                                     progress, f"epoch {epoch + 1}/{epochs}")
+        torch.manual_seed(seed * 100_003 + epoch + 7919 * rank)  # randomness depends on (seed, epoch, rank) only
+        sample = list(WeightedRandomSampler(weights, len(train_set), replacement=True,
+                                            generator=torch.Generator().manual_seed(seed * 100_003 + epoch)))
+        sample = sample[:len(sample) // world * world]  # equal shards: every rank takes as many steps
+        if run_epoch is not None:
+            sums = run_epoch(epoch, sample, optimizer.param_groups[0]["lr"])
+        else:
+            model.eval()
+            for module in learning:
+                module.train()
+            loader = DataLoader(train_set, batch_size, sampler=sample[rank::world])
+            sums = _run(model, loader, loss, optimizer, constrain, progress, f"epoch {epoch + 1}/{epochs}")
         model.eval()
         with torch.no_grad():
-            val_loss, val_acc = _run(model, DataLoader(val_set, batch_size), loss, None, False, "")
+            val = _run(model, DataLoader(Subset(val_set, range(rank, len(val_set), world)), batch_size),
+                       loss, None, None, False, "")
+        (train_loss, train_acc), (val_loss, val_acc) = _reduce(sums, world), _reduce(val, world)
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
-                        "val_loss": val_loss, "val_accuracy": val_acc})
+                        "val_loss": val_loss, "val_accuracy": val_acc,
+                        "seconds": round(time.perf_counter() - started, 3)})
         log(f"epoch {epoch + 1}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, val accuracy {val_acc:.1%}")
         if val_loss < best["val_loss"]:
             best = {"val_loss": val_loss, "epoch": epoch + 1}
-            save_best(history[-1])
-        _save_checkpoint(checkpoint, model, optimizer, config, history, best)
-    plot_history(history, checkpoint.with_suffix(".png"))
+            if rank == 0:
+                save_best(history[-1])
+        if rank == 0:
+            _save_checkpoint(checkpoint, state, optimizer, config, history, best)
+    if rank == 0:
+        plot_history(history, checkpoint.with_suffix(".png"))
     return history, best
 
 
-def _run(model, loader, loss_fn: Loss, optimizer, progress: bool, description: str) -> tuple[float, float]:
+def max_norm_(modules: Sequence[nn.Module], limit: float) -> None:
+    """Rescale each output unit's weights (conv filters, linear rows) to a norm of at most ``limit``."""
+    with torch.no_grad():
+        for module in modules:
+            for layer in module.modules():
+                if isinstance(layer, nn.Conv2d | nn.Linear) and layer.weight.requires_grad:
+                    layer.weight.copy_(torch.renorm(layer.weight, 2, 0, limit))
+
+
+def _reduce(sums: Sequence[float], world: int) -> tuple[float, float]:
+    """Mean loss and accuracy from ``(loss sum, correct, count)``, summed over the ranks."""
+    totals = torch.tensor(sums, dtype=torch.float64)
+    if world > 1:
+        torch.distributed.all_reduce(totals)
+    loss_sum, correct, count = totals.tolist()
+    return loss_sum / max(count, 1), correct / max(count, 1)
+
+
+def _run(model, loader, loss_fn: Loss, optimizer, constrain, progress: bool, description: str
+         ) -> tuple[float, int, int]:
     total = correct = 0
     loss_sum = 0.0
     for batch in track(loader, description=description, disable=not progress, transient=True):
@@ -93,10 +136,12 @@ def _run(model, loader, loss_fn: Loss, optimizer, progress: bool, description: s
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if constrain:
+                constrain()
         loss_sum += loss.item() * len(target)
         correct += int((logits.argmax(1) == target).sum())
         total += len(target)
-    return loss_sum / max(total, 1), correct / max(total, 1)
+    return loss_sum, correct, total
 
 
 def _save_checkpoint(path: Path, model, optimizer, config, history, best) -> None:
@@ -106,7 +151,10 @@ def _save_checkpoint(path: Path, model, optimizer, config, history, best) -> Non
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _resume(path: Path, config: dict, model, optimizer) -> tuple[int, list, dict]:
+def check_checkpoint(path: Path, config: dict) -> dict | None:
+    """The checkpoint's state if there is one; refused if damaged or written by another run."""
+    if not path.is_file():
+        return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for a damaged file
@@ -115,6 +163,11 @@ def _resume(path: Path, config: dict, model, optimizer) -> tuple[int, list, dict
         differ = [k for k in config if state.get("config", {}).get(k) != config[k]]
         raise ModelFileError(f"{path} belongs to another run (differs in {', '.join(differ)}); "
                              f"delete it or run without --resume")
+    return state
+
+
+def _resume(path: Path, config: dict, model, optimizer) -> tuple[int, list, dict]:
+    state = check_checkpoint(path, config)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return len(state["history"]), state["history"], state["best"]

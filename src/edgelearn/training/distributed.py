@@ -1,0 +1,278 @@
+"""Training across processes: synchronous data parallel (DDP) and an asynchronous parameter server.
+
+Both run the one loop (:func:`edgelearn.training.loop.fit`) and build the same :class:`Job` in every
+process; they differ in who steps the optimiser.
+
+- ``ddp``: ``workers`` processes, each a replica wrapped in ``DistributedDataParallel`` (gloo),
+  each training on every world-th image of the epoch; gradients are averaged every step. A worker
+  that dies stops the collective, so the run restarts every process from the last epoch's checkpoint
+  (as torchrun's elastic agent does), up to ``max_restarts`` times.
+- ``ps`` (paper 002, Algorithm 1, on ``torch.distributed.rpc``): rank 0 is the parameter server and
+  holds the model; each worker pulls the current trainable parameters in a distributed-autograd
+  context, runs forward and backward on its own share of the epoch, and steps a
+  ``DistributedOptimizer`` that updates the server's parameters, without waiting for the other
+  workers (asynchronous SGD). The server validates and checkpoints between epochs. A worker that
+  dies is dropped and its unfinished share goes to the others: the run goes on.
+"""
+
+import os
+import socket
+import threading
+import traceback
+import warnings
+from functools import partial
+
+import torch
+import torch.multiprocessing as mp
+from torch.utils.data import DataLoader, Subset
+
+from edgelearn.errors import EdgelearnError
+from edgelearn.training.loop import cross_entropy, fit
+
+MODES = ("single", "ddp", "ps")
+
+
+class TrainingError(EdgelearnError, RuntimeError):
+    """A distributed run could not finish (every worker lost, or too many restarts)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def default_threads(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def _check(settings: dict, resume: bool):
+    """Build the job here first, so that bad settings (or a checkpoint of another run) fail with a clear
+    error before any process starts."""
+    from edgelearn.training.finetune import prepare
+    from edgelearn.training.loop import check_checkpoint
+
+    job = prepare(**settings)
+    if resume:
+        check_checkpoint(job.fit_args["checkpoint"], job.fit_args["config"])
+    return job
+
+
+def _result(job) -> tuple[dict, list, dict]:
+    """Summary, history and best epoch of a finished run, from its last checkpoint."""
+    state = torch.load(job.fit_args["checkpoint"], map_location="cpu", weights_only=True)
+    return job.summary, state["history"], state["best"]
+
+
+# --- synchronous data parallel ---------------------------------------------------------------------
+
+def run_ddp(settings: dict, *, workers: int, threads: int | None = None, resume: bool = False,
+            max_restarts: int = 3, log=print) -> tuple[dict, list, dict]:
+    """Train with ``workers`` DDP processes on loopback; restart them from the checkpoint if one dies."""
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    threads = threads or default_threads(workers)
+    job = _check(settings, resume)
+    for attempt in range(max_restarts + 1):
+        try:
+            mp.start_processes(_ddp_rank, args=(workers, free_port(), settings, threads, resume or attempt > 0),
+                               nprocs=workers, start_method="spawn")
+            break
+        except (mp.ProcessExitedException, mp.ProcessRaisedException) as exc:
+            if attempt == max_restarts:
+                raise TrainingError(f"data-parallel training failed: {str(exc).strip().splitlines()[-1]}") from exc
+            log(f"a worker failed ({str(exc).strip().splitlines()[0]}); restarting all {workers} from the "
+                f"last checkpoint (restart {attempt + 1} of {max_restarts})")
+    return _result(job)
+
+
+def _ddp_rank(rank: int, world: int, port: int, settings: dict, threads: int, resume: bool) -> None:
+    from torch.nn.parallel import DistributedDataParallel
+
+    from edgelearn.training.finetune import prepare
+
+    _quiet()
+    torch.set_num_threads(threads)
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                         world_size=world)
+    try:
+        job = prepare(**settings)
+        print(f"ddp worker {rank} (pid {os.getpid()}) ready", flush=True)
+        model = DistributedDataParallel(job.model)
+        fit(model, job.optimizer, job.train_set, job.val_set, learning=job.learning, shard=(rank, world),
+            resume=resume, log=print if rank == 0 else (lambda *a: None), **job.fit_args)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+# --- asynchronous parameter server ---------------------------------------------------------------
+
+SERVER = "server"
+_job = None  # this process's Job (server: the model trained; worker: the replica that computes)
+_lock = threading.Lock()
+_stop = threading.Event()
+_graceful = [True]
+# torch's notes about its own internals (RPC's gloo group, DistributedOptimizer's TorchScript), not ours to act on
+QUIET = [("ignore", ".*as a ProcessGroup.*"), ("ignore", ".*functional optimizers is deprecated.*")]
+
+
+def _quiet() -> None:
+    for action, message in QUIET:
+        warnings.filterwarnings(action, message=message)
+
+
+def _trainable(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _param_rrefs() -> list:
+    """Runs on the server: references to the trainable parameters, for the workers' optimisers."""
+    from torch.distributed import rpc
+
+    return [rpc.RRef(p) for p in _trainable(_job.model)]
+
+
+def _pull(buffers: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Runs on the server: the current trainable parameters (as views, so distributed autograd routes
+    their gradients back here); takes the worker's batch-norm statistics in exchange."""
+    with _lock, torch.no_grad():
+        own = dict(_job.model.named_buffers())
+        for name, value in buffers.items():
+            own[name].copy_(value)
+    return [p.view_as(p) for p in _trainable(_job.model)]
+
+
+def _finish(graceful: bool) -> None:
+    _graceful[0] = graceful
+    _stop.set()
+
+
+def _worker_epoch(epoch: int, indices: list[int], lr: float, defaults: dict, seed: int) -> tuple[float, int, int]:
+    """Runs on a worker: one pass over ``indices``, stepping the server's parameters after every batch."""
+    import torch.distributed.autograd as dist_autograd
+    from torch.distributed import rpc
+    from torch.distributed.optim import DistributedOptimizer
+    from torch.func import functional_call
+
+    job, rank = _job, rpc.get_worker_info().id
+    print(f"ps worker {rank} (pid {os.getpid()}) starts epoch {epoch + 1} with {len(indices)} images", flush=True)
+    names = [n for n, p in job.model.named_parameters() if p.requires_grad]
+    optimizer = DistributedOptimizer(type(job.optimizer), rpc.rpc_sync(SERVER, _param_rrefs), **{**defaults, "lr": lr})
+    torch.manual_seed(seed * 100_003 + epoch + 7919 * rank)
+    job.model.eval()
+    for module in job.learning:
+        module.train()
+    loss_sum, correct, count = 0.0, 0, 0
+    for batch in DataLoader(Subset(job.train_set, indices), job.fit_args["batch_size"]):
+        with dist_autograd.context() as context:
+            buffers = {n: b for n, b in job.model.named_buffers() if b.is_floating_point()}
+            params = dict(zip(names, rpc.rpc_sync(SERVER, _pull, args=(buffers,)), strict=True))
+            loss, logits, target = cross_entropy(partial(functional_call, job.model, params), batch)
+            dist_autograd.backward(context, [loss])
+            optimizer.step(context)
+        loss_sum += loss.item() * len(target)
+        correct += int((logits.argmax(1) == target).sum())
+        count += len(target)
+    return loss_sum, correct, count
+
+
+def run_ps(settings: dict, *, workers: int, threads: int | None = None, resume: bool = False,
+           log=print) -> tuple[dict, list, dict]:
+    """Serve the parameters from this process and train on ``workers`` worker processes (loopback)."""
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    threads = threads or default_threads(workers)
+    job = _check(settings, resume)
+    port = free_port()
+    context = mp.get_context("spawn")
+    procs = [context.Process(target=_ps_worker, args=(rank, workers + 1, port, settings, threads), daemon=True)
+             for rank in range(1, workers + 1)]
+    for p in procs:
+        p.start()
+    finished = False
+    try:
+        serve_parameters(settings, workers=workers, port=port, threads=threads, resume=resume, log=log)
+        finished = True
+    finally:
+        for p in procs:
+            p.join(timeout=30 if finished else 0)
+            if p.is_alive():
+                p.kill()
+    return _result(job)
+
+
+def serve_parameters(settings: dict, *, workers: int, port: int, address: str = "127.0.0.1",
+                     threads: int | None = None, resume: bool = False, log=print) -> None:
+    """Rank 0: hold the model, hand each epoch's images to the live workers, validate and checkpoint."""
+    from torch.distributed import rpc
+
+    from edgelearn.training.finetune import prepare
+
+    global _job
+    _quiet()
+    _job = prepare(**settings)
+    if threads:
+        torch.set_num_threads(threads)
+    rpc.init_rpc(SERVER, rank=0, world_size=workers + 1, rpc_backend_options=_rpc_options(address, port))
+    live = [f"worker{rank}" for rank in range(1, workers + 1)]
+    defaults = {k: v for k, v in _job.optimizer.defaults.items() if k in ("betas", "eps", "weight_decay", "momentum")}
+
+    def run_epoch(epoch: int, indices: list[int], lr: float) -> tuple[float, int, int]:
+        totals, todo = [0.0, 0, 0], indices
+        while todo:
+            if not live:
+                raise TrainingError("every worker failed; the last checkpoint holds the finished epochs")
+            shares = {w: todo[i::len(live)] for i, w in enumerate(live)}
+            futures = {w: rpc.rpc_async(w, _worker_epoch, args=(epoch, share, lr, defaults, settings.get("seed", 0)),
+                                        timeout=0) for w, share in shares.items()}
+            todo = []
+            for worker, future in futures.items():
+                try:
+                    totals = [a + b for a, b in zip(totals, future.wait(), strict=True)]
+                except RuntimeError as exc:
+                    live.remove(worker)
+                    todo += shares[worker]  # the share may be partly done: the server has its steps already
+                    log(f"{worker} failed ({str(exc).splitlines()[0][:120]}); {len(live)} worker(s) go on, "
+                        f"taking its {len(shares[worker])} images")
+        return tuple(totals)
+
+    try:
+        fit(_job.model, _job.optimizer, _job.train_set, _job.val_set, learning=_job.learning, run_epoch=run_epoch,
+            resume=resume, log=log, **_job.fit_args)
+        graceful = len(live) == workers  # a lost worker would keep a graceful shutdown waiting forever
+        for future in [rpc.rpc_async(worker, _finish, args=(graceful,)) for worker in live]:
+            try:
+                future.wait()
+            except RuntimeError:  # a worker told to stop without ceremony may close before it answers
+                pass
+    except BaseException:
+        graceful = False
+        raise
+    finally:
+        rpc.shutdown(graceful=graceful)
+
+
+def _ps_worker(rank: int, world: int, port: int, settings: dict, threads: int, address: str = "127.0.0.1") -> None:
+    from torch.distributed import rpc
+
+    from edgelearn.training.finetune import prepare
+
+    global _job
+    _quiet()
+    torch.set_num_threads(threads)
+    try:
+        _job = prepare(**settings)
+        rpc.init_rpc(f"worker{rank}", rank=rank, world_size=world, rpc_backend_options=_rpc_options(address, port))
+        _stop.wait()
+        rpc.shutdown(graceful=_graceful[0])
+    except Exception:  # a worker's failure is the server's to handle; say why here
+        traceback.print_exc()
+        raise
+
+
+def _rpc_options(address: str, port: int):
+    from torch.distributed import rpc
+
+    # an epoch's share is one call: no timeout on it (a dead worker fails it at once); 5 min for setup
+    return rpc.TensorPipeRpcBackendOptions(init_method=f"tcp://{address}:{port}", num_worker_threads=8,
+                                           rpc_timeout=300)
