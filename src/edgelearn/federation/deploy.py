@@ -31,8 +31,8 @@ dependencies = []
 publisher = "edgelearn"
 
 [tool.flwr.app.components]
-serverapp = "edgelearn.federation.server_app:app"
-clientapp = "edgelearn.federation.client_app:app"
+serverapp = "{serverapp}"
+clientapp = "{clientapp}"
 
 [tool.flwr.app.config]
 num-rounds = 1
@@ -46,7 +46,17 @@ trust-dir = ""
 server-key = ""
 output = ""
 workdir = "federation"
+strategy = "fedavg"
+local-epochs = 1
+lr = 0.01
+path-fraction = 0.1
+new-classes = ""
+test-data = ""
+seed = 0
 """
+#: what a federation exchanges: knowledge packages (module B) or the network's last layers (FedAvg / TeAM)
+APPS = {"knowledge": ("edgelearn.federation.server_app:app", "edgelearn.federation.client_app:app"),
+        "training": ("edgelearn.federation.deep:server_app", "edgelearn.federation.deep:client_app")}
 
 
 def _free_port() -> int:
@@ -67,7 +77,7 @@ def _bin(name: str) -> str:
 
 
 def federate(sites: dict[str, Path], workdir: Path, *, rounds: int = 1, config: dict | None = None,
-             tls: bool = False, node_auth: bool = False, timeout: float = 600.0) -> list[dict]:
+             tls: bool = False, node_auth: bool = False, timeout: float = 600.0, app: str = "knowledge") -> list | dict:
     """Start a SuperLink and one SuperNode per site on loopback, run the rounds, return the history.
 
     ``sites`` maps a site name to its data folder (``train/`` and optionally ``test/``); each site
@@ -75,14 +85,19 @@ def federate(sites: dict[str, Path], workdir: Path, *, rounds: int = 1, config: 
     consolidate, trust-dir, server-key; per-site signing keys are read from ``config["keys"][site]``.
     ``tls``: a private CA and a SuperLink certificate for loopback; every connection is then TLS.
     ``node_auth`` (needs ``tls``): only SuperNodes whose public keys were registered may connect.
+    ``app``: ``knowledge`` (exchange knowledge packages) or ``training`` (train the network's last
+    layers with the ``strategy`` in ``config``: fedavg or team; see :mod:`edgelearn.federation.deep`).
     """
+    if app not in APPS:
+        raise ValueError(f"app must be one of {', '.join(APPS)}, got {app!r}")
     if node_auth and not tls:
         raise ValueError("node authentication needs TLS (tls=True / --tls)")
     workdir = Path(workdir).resolve()
     app_dir, home = workdir / "app", workdir / "flwr-home"
     app_dir.mkdir(parents=True, exist_ok=True)
     home.mkdir(exist_ok=True)
-    (app_dir / "pyproject.toml").write_text(APP_TOML)
+    serverapp, clientapp = APPS[app]
+    (app_dir / "pyproject.toml").write_text(APP_TOML.replace("{serverapp}", serverapp).replace("{clientapp}", clientapp))
     link = _free_port()  # Flower 1.41 serves its Fleet, Control and Runtime APIs on one HTTP port
     if tls:
         certs = make_certificates(workdir / "tls")
@@ -140,7 +155,10 @@ def federate(sites: dict[str, Path], workdir: Path, *, rounds: int = 1, config: 
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise FederationError(f"the federation did not finish; see the logs in {logs}")
             time.sleep(0.5)
-        return json.loads(output.read_text())
+        history = json.loads(output.read_text())
+        if isinstance(history, dict) and "error" in history:
+            raise FederationError(f"the server failed: {history['error']} (logs in {logs})")
+        return history
     finally:
         for p in procs:
             p.terminate()

@@ -16,7 +16,6 @@ process; they differ in who steps the optimiser.
 """
 
 import os
-import socket
 import threading
 import traceback
 import warnings
@@ -24,6 +23,7 @@ from functools import partial
 
 import torch
 import torch.multiprocessing as mp
+from torch.distributed.rendezvous import register_rendezvous_handler
 from torch.utils.data import DataLoader, Subset
 
 from edgelearn.errors import EdgelearnError
@@ -36,10 +36,15 @@ class TrainingError(EdgelearnError, RuntimeError):
     """A distributed run could not finish (every worker lost, or too many restarts)."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def listen(world: int, address: str = "127.0.0.1", port: int = 0) -> torch.distributed.TCPStore:
+    """The rendezvous store, listening before any worker starts. (Picking a free port and binding it
+    later races: a worker retrying to connect to a local port nobody listens on yet can end up
+    connected to itself, and then waits forever.)"""
+    return torch.distributed.TCPStore(address, port, world, is_master=True, wait_for_workers=False)
+
+
+def _join(port: int, world: int, address: str = "127.0.0.1") -> torch.distributed.TCPStore:
+    return torch.distributed.TCPStore(address, port, world, is_master=False)
 
 
 def default_threads(workers: int) -> int:
@@ -74,8 +79,9 @@ def run_ddp(settings: dict, *, workers: int, threads: int | None = None, resume:
     threads = threads or default_threads(workers)
     job = _check(settings, resume)
     for attempt in range(max_restarts + 1):
+        store = listen(workers)  # a fresh one per attempt: the last one holds a dead run's keys
         try:
-            mp.start_processes(_ddp_rank, args=(workers, free_port(), settings, threads, resume or attempt > 0),
+            mp.start_processes(_ddp_rank, args=(workers, store.port, settings, threads, resume or attempt > 0),
                                nprocs=workers, start_method="spawn")
             break
         except (mp.ProcessExitedException, mp.ProcessRaisedException) as exc:
@@ -93,8 +99,7 @@ def _ddp_rank(rank: int, world: int, port: int, settings: dict, threads: int, re
 
     _quiet()
     torch.set_num_threads(threads)
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                         world_size=world)
+    torch.distributed.init_process_group("gloo", store=_join(port, world), rank=rank, world_size=world)
     try:
         job = prepare(**settings)
         print(f"ddp worker {rank} (pid {os.getpid()}) ready", flush=True)
@@ -183,15 +188,15 @@ def run_ps(settings: dict, *, workers: int, threads: int | None = None, resume: 
         raise ValueError("workers must be at least 1")
     threads = threads or default_threads(workers)
     job = _check(settings, resume)
-    port = free_port()
+    store = listen(workers + 1)
     context = mp.get_context("spawn")
-    procs = [context.Process(target=_ps_worker, args=(rank, workers + 1, port, settings, threads), daemon=True)
+    procs = [context.Process(target=_ps_worker, args=(rank, workers + 1, store.port, settings, threads), daemon=True)
              for rank in range(1, workers + 1)]
     for p in procs:
         p.start()
     finished = False
     try:
-        serve_parameters(settings, workers=workers, port=port, threads=threads, resume=resume, log=log)
+        serve_parameters(settings, workers=workers, store=store, threads=threads, resume=resume, log=log)
         finished = True
     finally:
         for p in procs:
@@ -201,9 +206,10 @@ def run_ps(settings: dict, *, workers: int, threads: int | None = None, resume: 
     return _result(job)
 
 
-def serve_parameters(settings: dict, *, workers: int, port: int, address: str = "127.0.0.1",
-                     threads: int | None = None, resume: bool = False, log=print) -> None:
-    """Rank 0: hold the model, hand each epoch's images to the live workers, validate and checkpoint."""
+def serve_parameters(settings: dict, *, workers: int, store: torch.distributed.TCPStore, threads: int | None = None,
+                     resume: bool = False, log=print) -> None:
+    """Rank 0: hold the model, hand each epoch's images to the live workers, validate and checkpoint.
+    ``store`` is the listening rendezvous store (:func:`listen`) the workers join."""
     from torch.distributed import rpc
 
     from edgelearn.training.finetune import prepare
@@ -213,7 +219,8 @@ def serve_parameters(settings: dict, *, workers: int, port: int, address: str = 
     _job = prepare(**settings)
     if threads:
         torch.set_num_threads(threads)
-    rpc.init_rpc(SERVER, rank=0, world_size=workers + 1, rpc_backend_options=_rpc_options(address, port))
+    _SERVER_STORE[0] = (store, workers + 1)
+    rpc.init_rpc(SERVER, rank=0, world_size=workers + 1, rpc_backend_options=_rpc_options("edgelearn-store://"))
     live = [f"worker{rank}" for rank in range(1, workers + 1)]
     defaults = {k: v for k, v in _job.optimizer.defaults.items() if k in ("betas", "eps", "weight_decay", "momentum")}
 
@@ -262,7 +269,8 @@ def _ps_worker(rank: int, world: int, port: int, settings: dict, threads: int, a
     torch.set_num_threads(threads)
     try:
         _job = prepare(**settings)
-        rpc.init_rpc(f"worker{rank}", rank=rank, world_size=world, rpc_backend_options=_rpc_options(address, port))
+        rpc.init_rpc(f"worker{rank}", rank=rank, world_size=world,
+                     rpc_backend_options=_rpc_options(f"tcp://{address}:{port}"))
         _stop.wait()
         rpc.shutdown(graceful=_graceful[0])
     except Exception:  # a worker's failure is the server's to handle; say why here
@@ -270,9 +278,20 @@ def _ps_worker(rank: int, world: int, port: int, settings: dict, threads: int, a
         raise
 
 
-def _rpc_options(address: str, port: int):
+def _rpc_options(init_method: str):
     from torch.distributed import rpc
 
     # an epoch's share is one call: no timeout on it (a dead worker fails it at once); 5 min for setup
-    return rpc.TensorPipeRpcBackendOptions(init_method=f"tcp://{address}:{port}", num_worker_threads=8,
-                                           rpc_timeout=300)
+    return rpc.TensorPipeRpcBackendOptions(init_method=init_method, num_worker_threads=8, rpc_timeout=300)
+
+
+_SERVER_STORE: list = [None]
+
+
+def _server_rendezvous(url: str, **kwargs):
+    """The parameter server joins RPC through the store it already listens on (see :func:`listen`)."""
+    store, world = _SERVER_STORE[0]
+    yield store, 0, world
+
+
+register_rendezvous_handler("edgelearn-store", _server_rendezvous)

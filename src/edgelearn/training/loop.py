@@ -87,10 +87,10 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset, 
             for module in learning:
                 module.train()
             loader = DataLoader(train_set, batch_size, sampler=sample[rank::world])
-            sums = _run(model, loader, loss, optimizer, constrain, progress, f"epoch {epoch + 1}/{epochs}")
+            sums = run_batches(model, loader, loss, optimizer, constrain, progress, f"epoch {epoch + 1}/{epochs}")
         model.eval()
         with torch.no_grad():
-            val = _run(model, DataLoader(Subset(val_set, range(rank, len(val_set), world)), batch_size),
+            val = run_batches(model, DataLoader(Subset(val_set, range(rank, len(val_set), world)), batch_size),
                        loss, None, None, False, "")
         (train_loss, train_acc), (val_loss, val_acc) = _reduce(sums, world), _reduce(val, world)
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
@@ -126,8 +126,9 @@ def _reduce(sums: Sequence[float], world: int) -> tuple[float, float]:
     return loss_sum / max(count, 1), correct / max(count, 1)
 
 
-def _run(model, loader, loss_fn: Loss, optimizer, constrain, progress: bool, description: str
-         ) -> tuple[float, int, int]:
+def run_batches(model, loader, loss_fn: Loss = cross_entropy, optimizer=None, constrain=None, progress: bool = False,
+                description: str = "") -> tuple[float, int, int]:
+    """One pass over ``loader`` (a training pass if ``optimizer`` is given); returns (loss sum, correct, count)."""
     total = correct = 0
     loss_sum = 0.0
     for batch in track(loader, description=description, disable=not progress, transient=True):
