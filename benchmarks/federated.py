@@ -1,8 +1,8 @@
 """Federated training of the network's last layers: FedAvg against TeAM (paper 004), on this CPU.
 
-    python benchmarks/federated.py             # ~15 min on 2 cores
+    python benchmarks/federated.py             # ~25 min on 2 cores
 
-Imagenette (10 classes, 2,000 training / 500 test images at 160 px), ImageNet MobileNetV2: the shared
+Imagenette (10 classes, 2,000 training / 500 test images, at 128 px), ImageNet MobileNetV2: the shared
 layers (features[:17]) frozen, the decoupled layers (block 17, the last 1x1 convolution, a new
 classifier) trained by 4 sites, each a real Flower SuperNode process on loopback (one SuperLink,
 `edgelearn.federation.deploy`). Splits:
@@ -68,9 +68,9 @@ def main() -> None:
     parser = common.argument_parser(__doc__)
     parser.add_argument("--dataset", default="imagenette")
     parser.add_argument("--sites", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--local-epochs", type=int, default=2)
-    parser.add_argument("--input-size", type=int, default=160)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--local-epochs", type=int, default=1)
+    parser.add_argument("--input-size", type=int, default=128)
     parser.add_argument("--path-fraction", type=float, default=0.1)
     parser.add_argument("--work", type=Path, default=Path("/tmp/edgelearn-federated"))
     args = parser.parse_args()

@@ -244,12 +244,27 @@ def federate(
     trust: Annotated[Path | None, typer.Option(help="Folder of trusted public keys: verify every package.")] = None,
     tls: Annotated[bool, typer.Option(help="TLS on every connection (a private CA for loopback).")] = False,
     node_auth: Annotated[bool, typer.Option(help="Only registered SuperNodes may connect (needs --tls).")] = False,
+    train: Annotated[str | None, typer.Option(help="Instead of exchanging knowledge, train the network's last "
+                                                   "layers: fedavg or team.")] = None,
+    local_epochs: Annotated[int, typer.Option(help="--train: epochs each site trains per round.")] = 1,
+    lr: Annotated[float, typer.Option(help="--train: the sites' SGD learning rate.")] = 0.01,
+    path_fraction: Annotated[float, typer.Option(help="--train team: share of each layer's filters per "
+                                                      "class path.")] = 0.1,
+    new_classes: Annotated[str, typer.Option(help="--train team: comma-separated classes whose paths start "
+                                                  "random and learn 10x faster.")] = "",
+    test: Annotated[Path | None, typer.Option(help="--train: a data set whose test/ split scores the global "
+                                                   "model after every round.")] = None,
     as_json: Json = False,
 ):
     """Run a federation on this machine: a Flower SuperLink and one SuperNode process per site."""
     from edgelearn.federation.deploy import federate as run_federation
 
     sites = dict(_site_arg(s) for s in site)
+    if train is not None:
+        _federated_training(sites, workdir, train, rounds=rounds, weights=weights, input_size=input_size,
+                            local_epochs=local_epochs, lr=lr, path_fraction=path_fraction, new_classes=new_classes,
+                            test=test, tls=tls, node_auth=node_auth, as_json=as_json)
+        return
     config = {"learner": learner, "backbone": backbone, "weights": weights or "", "input-size": input_size or 0,
               "consolidate": consolidate}
     if keys is not None:
@@ -264,6 +279,29 @@ def federate(
         table.add_row(str(h["round"]), str(h["sites"]), f"{max(h['bytes_sent_per_site']):,}",
                       f"{h['bytes_merged']:,}", accs)
     emit({"rounds": history, "workdir": str(workdir)}, as_json, table)
+
+
+def _federated_training(sites, workdir, strategy, *, rounds, weights, input_size, local_epochs, lr, path_fraction,
+                        new_classes, test, tls, node_auth, as_json) -> None:
+    from edgelearn.federation.deep import STRATEGIES
+    from edgelearn.federation.deploy import federate as run_federation
+
+    if strategy not in STRATEGIES:
+        raise ValueError(f"--train must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if test is not None and not (test / "test").is_dir():
+        raise ValueError(f"--test needs a folder with a test/ split, got {test}")
+    config = {"strategy": strategy, "weights": str(_default_weights(weights) or ""), "input-size": input_size or 0,
+              "local-epochs": local_epochs, "lr": lr, "path-fraction": path_fraction, "new-classes": new_classes,
+              "test-data": str(test.resolve()) if test else ""}
+    history = run_federation(sites, workdir, rounds=rounds, config=config, tls=tls, node_auth=node_auth,
+                             app="training")
+    table = Table("round", "test accuracy", "MiB to sites", "MiB from sites", "train loss")
+    for r in history["rounds"]:
+        table.add_row(str(r["round"]), f"{r['accuracy']:.1%}" if "accuracy" in r else "-",
+                      f"{r.get('bytes_down', 0) / 2**20:.2f}", f"{r.get('bytes_up', 0) / 2**20:.2f}",
+                      f"{r['train-loss']:.3f}" if "train-loss" in r else "-")
+    table.caption = f"{strategy}: the global model is {workdir / 'model.pt'}"
+    emit(history, as_json, table)
 
 
 def _site_arg(text: str) -> tuple[str, Path]:
@@ -484,6 +522,10 @@ def train(
                                            "(asynchronous parameter server).")] = "single",
     workers: Annotated[int, typer.Option(help="ddp/ps: worker processes.")] = 2,
     threads: Annotated[int | None, typer.Option(help="Threads per process (default: cores / workers).")] = None,
+    address: Annotated[str | None, typer.Option(help="ps across machines: HOST:PORT the server listens on "
+                                                     "(no local workers) and the workers join.")] = None,
+    rank: Annotated[int | None, typer.Option(help="ps across machines: run as this worker (1..workers) of the "
+                                                  "server at --address.")] = None,
     epochs: Annotated[int, typer.Option(help="Passes over the training images.")] = 5,
     lr: Annotated[float | None, typer.Option(help="Learning rate (default by strategy).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per step (per worker).")] = 32,
@@ -508,12 +550,16 @@ def train(
     from edgelearn.data.patches import PatchGrid
     from edgelearn.training import train as run_train
 
-    result = run_train(dataset, output, mode=mode, workers=workers, threads=threads, backbone=backbone,
+    result = run_train(dataset, output, mode=mode, workers=workers, threads=threads, address=address, rank=rank,
+                       backbone=backbone,
                        weights=_default_weights(weights), strategy=strategy, epochs=epochs, lr=lr,
                        batch_size=batch_size, input_size=input_size, trainable_blocks=blocks,
                        patch=patch and PatchGrid(patch, grid), start_from=start_from, max_norm=max_norm,
                        dropout=dropout, seed=seed, resume=resume, progress=err.is_terminal,
                        log=lambda line: err.print(line, highlight=False))
+    if rank is not None:
+        emit(result, as_json, f"worker {rank} done: the server at {address} holds the model")
+        return
     emit(result, as_json, _history_table(result, output))
 
 

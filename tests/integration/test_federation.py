@@ -78,3 +78,53 @@ def test_node_auth_without_tls_is_refused(sites, tmp_path):
 
     with pytest.raises(ValueError, match="needs TLS"):
         federate(sites, tmp_path / "work", node_auth=True)
+
+
+@pytest.mark.parametrize("strategy", ["team", "fedavg"])
+def test_sites_train_the_last_layers_together(sites, tmp_path, strategy):
+    """FedAvg / TeAM on real processes: the global model learns every site's classes; TeAM sends each
+    site only its classes' paths."""
+    import json
+
+    import torch
+    from typer.testing import CliRunner
+
+    from edgelearn.cli import app
+    from edgelearn.federation.team import DenseHead
+    from tests.conftest import SHARED
+
+    weights = SHARED / "models" / "mobilenet_v2_imagenet.pt"
+    if not weights.is_file():
+        pytest.skip("needs the shared ImageNet weights")
+    test_all = tmp_path / "all"
+    for site in sites.values():  # the server's held-out set: every site's test images
+        for folder in (site / "test").iterdir():
+            (test_all / "test" / folder.name).mkdir(parents=True)
+            for image in folder.iterdir():
+                (test_all / "test" / folder.name / image.name).symlink_to(image)
+    result = CliRunner().invoke(app, ["federate", *[f"--site={k}={v}" for k, v in sites.items()], "--train", strategy,
+                                      "--rounds", "2", "--local-epochs", "3", "--input-size", "64", "--weights",
+                                      str(weights), "--test", str(test_all), "--workdir", str(tmp_path / "w"), "--json"])
+    assert result.exit_code == 0, result.output
+    history = json.loads(result.stdout)
+    rounds = history["rounds"]
+    assert history["classes"] == ["blue", "green", "red", "yellow"]
+    assert rounds[-1]["accuracy"] > rounds[0]["accuracy"]
+    model = torch.load(tmp_path / "w" / "model.pt", weights_only=True)
+    assert model["classes"] == history["classes"] and model["strategy"] == strategy
+    dense_bytes = sum(t.numel() * 4 for t in DenseHead(_zero_layers(), 4).state_dict().values())
+    per_site = rounds[1]["bytes_down"] / 2
+    if strategy == "team":  # each site: its 2 classes' paths of 10 % of the filters
+        assert rounds[-1]["accuracy"] == 1.0  # disjoint classes per site: the paths never compete
+        assert per_site < dense_bytes / 10
+        assert history["query_bytes"] > 0
+    else:
+        assert abs(per_site - dense_bytes) / dense_bytes < 0.01
+
+
+def _zero_layers():
+    import torch
+
+    shapes = {"E": (960, 160, 1, 1), "D": (960, 1, 3, 3), "P": (320, 960, 1, 1), "L": (1280, 320, 1, 1)}
+    return {**{f"{k}.weight": torch.zeros(s) for k, s in shapes.items()},
+            **{f"{k}.bias": torch.zeros(s[0]) for k, s in shapes.items()}}

@@ -181,3 +181,17 @@ def test_train_then_learn_on_the_fine_tuned_backbone(runner, image_folder, tmp_p
     bad = runner.invoke(app, ["train", str(image_folder), "--strategy", "nope", "--backbone", "tiny",
                               "--weights", "random"])
     assert bad.exit_code == 1 and "strategy must be" in bad.output
+    bad = runner.invoke(app, ["train", str(image_folder), "--mode", "mpi", "--backbone", "tiny", "--weights", "random"])
+    assert bad.exit_code == 1 and "mode must be one of single, ddp, ps" in bad.output
+    missing = runner.invoke(app, ["train", str(image_folder), "--from", str(tmp_path / "nope.pt"), "--backbone",
+                                  "tiny", "--weights", "random"])
+    assert missing.exit_code == 1 and "no such model" in missing.output
+
+
+def test_federated_training_refuses_bad_settings_before_starting_anything(runner, image_folder, tmp_path):
+    sites = [f"--site=a={image_folder}", f"--site=b={image_folder}"]
+    bad = runner.invoke(app, ["federate", *sites, "--train", "fedprox", "--workdir", str(tmp_path / "w")])
+    assert bad.exit_code == 1 and "--train must be one of fedavg, team" in bad.output
+    no_test = runner.invoke(app, ["federate", *sites, "--train", "team", "--test", str(tmp_path)])
+    assert no_test.exit_code == 1 and "test/ split" in no_test.output
+    assert not (tmp_path / "w").exists()

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 
@@ -46,7 +47,7 @@ def test_data_parallel_run_resumes_from_its_checkpoint(data, tmp_path):
 
 
 def run_and_kill(args, worker: str, when: str, tmp_path):
-    """Run ``edgelearn train``; kill the worker named (pid) by the line matching ``worker`` once one matches ``when``."""
+    """Run `edgelearn train`; kill the worker (pid) named by the line matching `worker` once one matches `when`."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "edgelearn", "train", *map(str, args), "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
@@ -106,3 +107,25 @@ def test_bad_modes_are_refused(data, tmp_path):
         train(data, tmp_path / "x.pt", mode="mpi", **TINY)
     with pytest.raises(ValueError, match="workers must be at least 1"):
         train(data, tmp_path / "x.pt", mode="ddp", workers=0, **TINY)
+
+
+def test_parameter_server_and_workers_started_separately_as_on_several_machines(data, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = [data, "-o", tmp_path / "ps.pt", "--mode", "ps", "--workers", "2", "--address", f"127.0.0.1:{port}",
+              "--backbone", "tiny", "--weights", "random", "--strategy", "full", "--lr", "0.01", "--batch-size", "8",
+              "--epochs", "2", "--json"]
+    command = [sys.executable, "-m", "edgelearn", "train"]
+    server = subprocess.Popen([*command, *map(str, common)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers = [subprocess.Popen([*command, *map(str, common), "--rank", str(rank), "--threads", "1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (1, 2)]
+    out, errors = server.communicate(timeout=300)
+    assert server.returncode == 0, errors[-2000:]
+    result = json.loads(out)
+    assert [h["epoch"] for h in result["history"]] == [1, 2] and result["history"][-1]["val_accuracy"] == 1.0
+    for rank, worker in enumerate(workers, 1):
+        worker_out, worker_err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, worker_err[-2000:]
+        assert json.loads(worker_out.splitlines()[-1]) == {"mode": "ps", "rank": rank, "server": f"127.0.0.1:{port}"}
+        assert f"ps worker {rank} (pid {worker.pid}) starts epoch 2" in worker_out

@@ -10,8 +10,14 @@ from flwr.app.message import make_message
 
 from edgelearn.backbones import build_classifier
 from edgelearn.federation.deep import CountingFedAvg, local_training
-from edgelearn.federation.team import (DenseHead, PathHead, average_paths, class_activation_sums, select_paths,
-                                       split_mobilenet_v2)
+from edgelearn.federation.team import (
+    DenseHead,
+    PathHead,
+    average_paths,
+    class_activation_sums,
+    select_paths,
+    split_mobilenet_v2,
+)
 
 CLASSES = ["a", "b", "c", "d"]
 

@@ -13,7 +13,9 @@ computes its images' shared feature maps once and trains only the decoupled laye
   Classes named in ``new-classes`` get randomly initialised paths that learn 10x faster.
 
 Both count the bytes of the arrays sent and received each round. ``test-data`` (a folder with a
-``test/`` split) gives the server a held-out set to score the global model after every round.
+``test/`` split) gives the server a held-out set to score the global model after every round. The
+history goes to ``output`` (JSON), the global model beside it (``model.pt``: strategy, classes,
+path sizes and the state of the decoupled layers).
 """
 
 import hashlib
@@ -306,6 +308,6 @@ def run(cfg: dict, grid: Grid) -> dict:
         buf = io.BytesIO()
         torch.save({"strategy": strategy_name, "classes": classes, "state": head.state_dict(),
                     "sizes": getattr(head, "sizes", None)}, buf)
-        atomic_write_bytes(output.with_suffix(".pt"), buf.getvalue())
+        atomic_write_bytes(output.with_name("model.pt"), buf.getvalue())
         atomic_write_bytes(output, json.dumps(history, indent=1).encode())
     return history

@@ -97,7 +97,8 @@ def federate(sites: dict[str, Path], workdir: Path, *, rounds: int = 1, config: 
     app_dir.mkdir(parents=True, exist_ok=True)
     home.mkdir(exist_ok=True)
     serverapp, clientapp = APPS[app]
-    (app_dir / "pyproject.toml").write_text(APP_TOML.replace("{serverapp}", serverapp).replace("{clientapp}", clientapp))
+    toml = APP_TOML.replace("{serverapp}", serverapp).replace("{clientapp}", clientapp)
+    (app_dir / "pyproject.toml").write_text(toml)
     link = _free_port()  # Flower 1.41 serves its Fleet, Control and Runtime APIs on one HTTP port
     if tls:
         certs = make_certificates(workdir / "tls")

@@ -182,16 +182,24 @@ def _worker_epoch(epoch: int, indices: list[int], lr: float, defaults: dict, see
 
 
 def run_ps(settings: dict, *, workers: int, threads: int | None = None, resume: bool = False,
-           log=print) -> tuple[dict, list, dict]:
-    """Serve the parameters from this process and train on ``workers`` worker processes (loopback)."""
+           address: str | None = None, log=print) -> tuple[dict, list, dict]:
+    """Serve the parameters from this process and train on ``workers`` worker processes: started here
+    (loopback), or with ``address`` (``HOST:PORT``) listened for there, each started on its machine by
+    :func:`join_ps`."""
     if workers < 1:
         raise ValueError("workers must be at least 1")
     threads = threads or default_threads(workers)
     job = _check(settings, resume)
-    store = listen(workers + 1)
-    context = mp.get_context("spawn")
-    procs = [context.Process(target=_ps_worker, args=(rank, workers + 1, store.port, settings, threads), daemon=True)
-             for rank in range(1, workers + 1)]
+    if address:
+        host, port = _host_port(address)
+        store = listen(workers + 1, host, port)
+        log(f"parameter server listening on {host}:{store.port} for {workers} workers")
+        procs = []
+    else:
+        store = listen(workers + 1)
+        context = mp.get_context("spawn")
+        procs = [context.Process(target=_ps_worker, args=(rank, workers + 1, store.port, settings, threads),
+                                 daemon=True) for rank in range(1, workers + 1)]
     for p in procs:
         p.start()
     finished = False
@@ -204,6 +212,21 @@ def run_ps(settings: dict, *, workers: int, threads: int | None = None, resume: 
             if p.is_alive():
                 p.kill()
     return _result(job)
+
+
+def join_ps(settings: dict, *, rank: int, workers: int, address: str, threads: int | None = None) -> None:
+    """Be worker ``rank`` (1..workers) of the parameter server at ``address`` until it finishes."""
+    if not 1 <= rank <= workers:
+        raise ValueError(f"a worker's rank is 1..{workers}, got {rank}")
+    host, port = _host_port(address)
+    _ps_worker(rank, workers + 1, port, settings, threads or (os.cpu_count() or 1), host)
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"an address is HOST:PORT, got {address!r}")
+    return host, int(port)
 
 
 def serve_parameters(settings: dict, *, workers: int, store: torch.distributed.TCPStore, threads: int | None = None,

@@ -143,7 +143,8 @@ def prepare(dataset: str | os.PathLike, output: str | os.PathLike, *, backbone: 
 
 
 def train(dataset: str | os.PathLike, output: str | os.PathLike, *, mode: str = "single", workers: int = 1,
-          threads: int | None = None, resume: bool = False, progress: bool = False, log=print, **settings) -> dict:
+          threads: int | None = None, address: str | None = None, rank: int | None = None, resume: bool = False,
+          progress: bool = False, log=print, **settings) -> dict:
     """Fine-tune and save; returns the history (per epoch: train/val loss and accuracy, seconds) and the best epoch.
 
     ``mode``: ``single`` (this process), ``ddp`` (``workers`` data-parallel processes, gloo) or ``ps``
@@ -152,7 +153,8 @@ def train(dataset: str | os.PathLike, output: str | os.PathLike, *, mode: str = 
     :func:`prepare`'s: backbone, weights, strategy, epochs, lr, batch_size, input_size (default: the
     weights' native size, or with ``patch`` the patch size), trainable_blocks, val_fraction, patch,
     start_from (an earlier result of this function: an online session continues from it), max_norm,
-    dropout, seed.
+    dropout, seed. Across machines (``ps``): the server listens on ``address`` (``HOST:PORT``) for
+    ``workers`` workers, each started on its machine with the same ``address`` and its ``rank`` (1..workers).
     """
     from edgelearn.training import distributed
 
@@ -165,10 +167,20 @@ def train(dataset: str | os.PathLike, output: str | os.PathLike, *, mode: str = 
         history, best = fit(job.model, job.optimizer, job.train_set, job.val_set, learning=job.learning,
                             resume=resume, progress=progress, log=log, **job.fit_args)
         summary = job.summary
+    elif mode == "ps" and rank is not None:
+        if not address:
+            raise ValueError("a worker (rank) needs the parameter server's address")
+        distributed.join_ps(dict(settings, dataset=dataset, output=output), rank=rank, workers=workers,
+                            address=address, threads=threads)
+        return {"mode": mode, "rank": rank, "server": address}
+    elif mode == "ddp":
+        if address or rank is not None:
+            raise ValueError("address and rank are for the parameter server (mode ps)")
+        summary, history, best = distributed.run_ddp(dict(settings, dataset=dataset, output=output), workers=workers,
+                                                     threads=threads, resume=resume, log=log)
     else:
-        run = distributed.run_ddp if mode == "ddp" else distributed.run_ps
-        summary, history, best = run(dict(settings, dataset=dataset, output=output), workers=workers,
-                                     threads=threads, resume=resume, log=log)
+        summary, history, best = distributed.run_ps(dict(settings, dataset=dataset, output=output), workers=workers,
+                                                    threads=threads, resume=resume, address=address, log=log)
     return {**summary, "mode": mode, "workers": workers if mode != "single" else 1, "best_epoch": best["epoch"],
             "best_val_loss": best["val_loss"], "history": history}
 
