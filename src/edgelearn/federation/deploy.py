@@ -99,6 +99,8 @@ def federate(sites: dict[str, Path], workdir: Path, *, rounds: int = 1, config: 
     serverapp, clientapp = APPS[app]
     toml = APP_TOML.replace("{serverapp}", serverapp).replace("{clientapp}", clientapp)
     (app_dir / "pyproject.toml").write_text(toml)
+    for stale in workdir.glob("superlink.db*"):  # a run's SuperLink starts empty: no nodes of an earlier run
+        stale.unlink()
     link = _free_port()  # Flower 1.41 serves its Fleet, Control and Runtime APIs on one HTTP port
     if tls:
         certs = make_certificates(workdir / "tls")
