@@ -103,7 +103,8 @@ def test_sites_train_the_last_layers_together(sites, tmp_path, strategy):
             for image in folder.iterdir():
                 (test_all / "test" / folder.name / image.name).symlink_to(image)
     args = [*[f"--site={k}={v}" for k, v in sites.items()], "--train", strategy, "--rounds", "2", "--local-epochs",
-            "3", "--input-size", "64", "--weights", str(weights), "--test", str(test_all), "--workdir", str(tmp_path / "w")]
+            "3", "--input-size", "64", "--weights", str(weights), "--test", str(test_all),
+            "--workdir", str(tmp_path / "w")]
     result = CliRunner().invoke(app, ["federate", *args, "--json"])
     assert result.exit_code == 0, result.output
     history = json.loads(result.stdout)
