@@ -128,4 +128,4 @@ def test_parameter_server_and_workers_started_separately_as_on_several_machines(
         worker_out, worker_err = worker.communicate(timeout=60)
         assert worker.returncode == 0, worker_err[-2000:]
         assert json.loads(worker_out.splitlines()[-1]) == {"mode": "ps", "rank": rank, "server": f"127.0.0.1:{port}"}
-        assert f"ps worker {rank} (pid {worker.pid}) starts epoch 2" in worker_out
+        assert f"ps worker {rank} (pid {worker.pid}) starts epoch 2" in worker_err

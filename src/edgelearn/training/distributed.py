@@ -12,14 +12,18 @@ process; they differ in who steps the optimiser.
   context, runs forward and backward on its own share of the epoch, and steps a
   ``DistributedOptimizer`` that updates the server's parameters, without waiting for the other
   workers (asynchronous SGD). The server validates and checkpoints between epochs. A worker that
-  dies is dropped and its unfinished share goes to the others: the run goes on.
+  dies is dropped and its unfinished share goes to the others: the run goes on. Across machines the
+  server listens on an address (:func:`run_ps` with ``address``) and each worker joins it
+  (:func:`join_ps`).
 """
 
 import os
+import sys
 import threading
 import traceback
 import warnings
 from functools import partial
+from urllib.parse import parse_qs, urlparse
 
 import torch
 import torch.multiprocessing as mp
@@ -45,6 +49,11 @@ def listen(world: int, address: str = "127.0.0.1", port: int = 0) -> torch.distr
 
 def _join(port: int, world: int, address: str = "127.0.0.1") -> torch.distributed.TCPStore:
     return torch.distributed.TCPStore(address, port, world, is_master=False)
+
+
+def _say(line: str) -> None:
+    """A worker process's log line (stderr: stdout is for the command's result)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def default_threads(workers: int) -> int:
@@ -102,10 +111,10 @@ def _ddp_rank(rank: int, world: int, port: int, settings: dict, threads: int, re
     torch.distributed.init_process_group("gloo", store=_join(port, world), rank=rank, world_size=world)
     try:
         job = prepare(**settings)
-        print(f"ddp worker {rank} (pid {os.getpid()}) ready", flush=True)
+        _say(f"ddp worker {rank} (pid {os.getpid()}) ready")
         model = DistributedDataParallel(job.model)
         fit(model, job.optimizer, job.train_set, job.val_set, learning=job.learning, shard=(rank, world),
-            resume=resume, log=print if rank == 0 else (lambda *a: None), **job.fit_args)
+            resume=resume, log=_say if rank == 0 else (lambda *a: None), **job.fit_args)
     finally:
         torch.distributed.destroy_process_group()
 
@@ -160,7 +169,7 @@ def _worker_epoch(epoch: int, indices: list[int], lr: float, defaults: dict, see
     from torch.func import functional_call
 
     job, rank = _job, rpc.get_worker_info().id
-    print(f"ps worker {rank} (pid {os.getpid()}) starts epoch {epoch + 1} with {len(indices)} images", flush=True)
+    _say(f"ps worker {rank} (pid {os.getpid()}) starts epoch {epoch + 1} with {len(indices)} images")
     names = [n for n, p in job.model.named_parameters() if p.requires_grad]
     optimizer = DistributedOptimizer(type(job.optimizer), rpc.rpc_sync(SERVER, _param_rrefs), **{**defaults, "lr": lr})
     torch.manual_seed(seed * 100_003 + epoch + 7919 * rank)
@@ -183,34 +192,34 @@ def _worker_epoch(epoch: int, indices: list[int], lr: float, defaults: dict, see
 
 def run_ps(settings: dict, *, workers: int, threads: int | None = None, resume: bool = False,
            address: str | None = None, log=print) -> tuple[dict, list, dict]:
-    """Serve the parameters from this process and train on ``workers`` worker processes: started here
-    (loopback), or with ``address`` (``HOST:PORT``) listened for there, each started on its machine by
-    :func:`join_ps`."""
+    """Run the parameter server and ``workers`` worker processes started here (loopback) or, with
+    ``address`` (``HOST:PORT``), listen there for workers started on their machines by :func:`join_ps`.
+
+    This process only holds the rendezvous store and waits: the server runs in a process of its own
+    (torch's RPC cannot be started twice in one process)."""
     if workers < 1:
         raise ValueError("workers must be at least 1")
     threads = threads or default_threads(workers)
     job = _check(settings, resume)
+    host, port = _host_port(address) if address else ("127.0.0.1", 0)
+    store = listen(workers + 1, host, port)
     if address:
-        host, port = _host_port(address)
-        store = listen(workers + 1, host, port)
         log(f"parameter server listening on {host}:{store.port} for {workers} workers")
-        procs = []
-    else:
-        store = listen(workers + 1)
-        context = mp.get_context("spawn")
-        procs = [context.Process(target=_ps_worker, args=(rank, workers + 1, store.port, settings, threads),
-                                 daemon=True) for rank in range(1, workers + 1)]
-    for p in procs:
+    context = mp.get_context("spawn")
+    server = context.Process(target=_ps_server, args=(settings, workers, store.port, threads, resume))
+    procs = [] if address else [context.Process(target=_ps_worker, args=(rank, workers + 1, store.port, settings,
+                                                                          threads), daemon=True)
+                                for rank in range(1, workers + 1)]
+    for p in (server, *procs):
         p.start()
-    finished = False
-    try:
-        serve_parameters(settings, workers=workers, store=store, threads=threads, resume=resume, log=log)
-        finished = True
-    finally:
-        for p in procs:
-            p.join(timeout=30 if finished else 0)
-            if p.is_alive():
-                p.kill()
+    server.join()
+    for p in procs:
+        p.join(timeout=30 if server.exitcode == 0 else 0)
+        if p.is_alive():
+            p.kill()
+    if server.exitcode != 0:
+        raise TrainingError("the parameter server failed (its messages are above); the last checkpoint holds "
+                            "the finished epochs (--resume)")
     return _result(job)
 
 
@@ -229,10 +238,14 @@ def _host_port(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def serve_parameters(settings: dict, *, workers: int, store: torch.distributed.TCPStore, threads: int | None = None,
-                     resume: bool = False, log=print) -> None:
+def _ps_server(settings: dict, workers: int, port: int, threads: int, resume: bool) -> None:
+    serve_parameters(settings, workers=workers, port=port, threads=threads, resume=resume, log=_say)
+
+
+def serve_parameters(settings: dict, *, workers: int, port: int, threads: int | None = None, resume: bool = False,
+                     log=print) -> None:
     """Rank 0: hold the model, hand each epoch's images to the live workers, validate and checkpoint.
-    ``store`` is the listening rendezvous store (:func:`listen`) the workers join."""
+    ``port``: the rendezvous store's on this machine (:func:`listen`), which the workers join too."""
     from torch.distributed import rpc
 
     from edgelearn.training.finetune import prepare
@@ -242,8 +255,8 @@ def serve_parameters(settings: dict, *, workers: int, store: torch.distributed.T
     _job = prepare(**settings)
     if threads:
         torch.set_num_threads(threads)
-    _SERVER_STORE[0] = (store, workers + 1)
-    rpc.init_rpc(SERVER, rank=0, world_size=workers + 1, rpc_backend_options=_rpc_options("edgelearn-store://"))
+    rpc.init_rpc(SERVER, rank=0, world_size=workers + 1,
+                 rpc_backend_options=_rpc_options(f"edgelearn-store://127.0.0.1:{port}"))
     live = [f"worker{rank}" for rank in range(1, workers + 1)]
     defaults = {k: v for k, v in _job.optimizer.defaults.items() if k in ("betas", "eps", "weight_decay", "momentum")}
 
@@ -293,7 +306,7 @@ def _ps_worker(rank: int, world: int, port: int, settings: dict, threads: int, a
     try:
         _job = prepare(**settings)
         rpc.init_rpc(f"worker{rank}", rank=rank, world_size=world,
-                     rpc_backend_options=_rpc_options(f"tcp://{address}:{port}"))
+                     rpc_backend_options=_rpc_options(f"edgelearn-store://{address}:{port}"))
         _stop.wait()
         rpc.shutdown(graceful=_graceful[0])
     except Exception:  # a worker's failure is the server's to handle; say why here
@@ -308,13 +321,13 @@ def _rpc_options(init_method: str):
     return rpc.TensorPipeRpcBackendOptions(init_method=init_method, num_worker_threads=8, rpc_timeout=300)
 
 
-_SERVER_STORE: list = [None]
+def _store_rendezvous(url: str, **kwargs):
+    """Every rank joins the store that :func:`listen` opened in the launching process (torch's
+    ``tcp://`` would make rank 0 open it, late)."""
+    parsed = urlparse(url)
+    query = parse_qs(parsed.query)
+    rank, world = int(query["rank"][0]), int(query["world_size"][0])
+    yield _join(parsed.port, world, parsed.hostname), rank, world
 
 
-def _server_rendezvous(url: str, **kwargs):
-    """The parameter server joins RPC through the store it already listens on (see :func:`listen`)."""
-    store, world = _SERVER_STORE[0]
-    yield store, 0, world
-
-
-register_rendezvous_handler("edgelearn-store", _server_rendezvous)
+register_rendezvous_handler("edgelearn-store", _store_rendezvous)
