@@ -37,7 +37,8 @@ from edgelearn.data import FolderDataset
 from edgelearn.data.images import load_image
 from edgelearn.errors import FederationError
 from edgelearn.federation.server_app import wait_for_nodes
-from edgelearn.federation.team import DenseHead, PathHead, class_activation_sums, select_paths, split_mobilenet_v2
+from edgelearn.federation.team import (DenseHead, PathHead, average_paths, class_activation_sums, select_paths,
+                                       split_mobilenet_v2)
 from edgelearn.files import atomic_write_bytes
 from edgelearn.training.loop import run_batches
 
@@ -150,8 +151,6 @@ class TeAM(CountingFedAvg):
         return messages
 
     def aggregate_train(self, server_round, replies):
-        from edgelearn.federation.team import average_paths
-
         valid = [r for r in replies if not r.has_error()]
         self._count(server_round, "bytes_up", valid)
         if not valid:
@@ -222,6 +221,22 @@ def train_round(msg: Message, context: Context) -> Message:
 server_app = ServerApp()
 
 
+def _decouple(layers: dict, replies: list[Message], fraction: float, new_classes: list[str], seed: int) -> PathHead:
+    """TeAM's global model: every site's activation statistics summed per class, each class's path
+    selected from them; the paths of ``new_classes`` start random."""
+    totals = {}
+    for r in replies:
+        stats = r.content["statistics"].to_torch_state_dict()
+        for c, n in zip(r.content["site"]["classes"], r.content["site"]["counts"], strict=True):
+            entry = totals.setdefault(c, {"count": 0, **{k: 0.0 for k in "EPL"}})
+            entry["count"] += n
+            for k in "EPL":
+                entry[k] = entry[k] + stats[f"{c}/{k}"]
+    head = PathHead.decouple(layers, select_paths(totals, fraction), seed=seed)
+    head.reset_paths([head.classes.index(c) for c in new_classes if c in head.classes], seed=seed)
+    return head
+
+
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = dict(context.run_config)
@@ -260,21 +275,10 @@ def run(cfg: dict, grid: Grid) -> dict:
     train_config = {"strategy": strategy_name, "local-epochs": int(cfg.get("local-epochs", 1)),
                     "lr": float(cfg.get("lr", 0.01))}
     common = {"fraction_evaluate": 0.0, "min_train_nodes": len(nodes), "min_available_nodes": len(nodes)}
-    query_bytes = 0
+    query_bytes = sum(array_bytes(r.content["statistics"]) for r in replies if "statistics" in r.content)
     if strategy_name == "team":
-        totals = {}
-        for r in replies:
-            stats = r.content["statistics"].to_torch_state_dict()
-            query_bytes += array_bytes(r.content["statistics"])
-            for c, n in zip(r.content["site"]["classes"], r.content["site"]["counts"], strict=True):
-                entry = totals.setdefault(c, {"count": 0, **{k: 0.0 for k in "EPL"}})
-                entry["count"] += n
-                for k in "EPL":
-                    entry[k] = entry[k] + stats[f"{c}/{k}"]
-        head = PathHead.decouple(layers, select_paths(totals, float(cfg.get("path-fraction", 0.1))),
-                                 seed=int(cfg.get("seed", 0)))
         new = [c for c in str(cfg.get("new-classes", "")).split(",") if c]
-        head.reset_paths([head.classes.index(c) for c in new if c in head.classes], seed=int(cfg.get("seed", 0)))
+        head = _decouple(layers, replies, float(cfg.get("path-fraction", 0.1)), new, int(cfg.get("seed", 0)))
         train_config |= {f"size-{k}": head.sizes[k] for k in "EPL"}
         strategy = TeAM(head, site_counts, new_classes=new, **common)
     else:
