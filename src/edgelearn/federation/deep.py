@@ -37,8 +37,14 @@ from edgelearn.data import FolderDataset
 from edgelearn.data.images import load_image
 from edgelearn.errors import FederationError
 from edgelearn.federation.server_app import wait_for_nodes
-from edgelearn.federation.team import (DenseHead, PathHead, average_paths, class_activation_sums, select_paths,
-                                       split_mobilenet_v2)
+from edgelearn.federation.team import (
+    DenseHead,
+    PathHead,
+    average_paths,
+    class_activation_sums,
+    select_paths,
+    split_mobilenet_v2,
+)
 from edgelearn.files import atomic_write_bytes
 from edgelearn.training.loop import run_batches
 
