@@ -8,8 +8,9 @@ computes its images' shared feature maps once and trains only the decoupled laye
   and Flower's ``FedAvg`` averages it, weighted by the sites' image counts.
 - ``team``: first the sites report, per class, their images' mean channel activations (statistics,
   no images); the server selects each class's critical path and decouples the layers
-  (:class:`~edgelearn.federation.team.PathHead`); each round a site receives, trains and returns only
-  its classes' paths, and the server averages each path over the sites that have that class.
+  (:class:`~edgelearn.federation.team.PathHead`); each round a site receives, trains (one-vs-rest:
+  each path scores its own class) and returns only its classes' paths, and the server averages each
+  path over the sites that have that class.
   Classes named in ``new-classes`` get randomly initialised paths that learn 10x faster.
 
 Both count the bytes of the arrays sent and received each round. ``test-data`` (a folder with a
@@ -30,6 +31,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from edgelearn.backbones import build_classifier
@@ -46,7 +48,7 @@ from edgelearn.federation.team import (
     split_mobilenet_v2,
 )
 from edgelearn.files import atomic_write_bytes
-from edgelearn.training.loop import run_batches
+from edgelearn.training.loop import cross_entropy, run_batches
 
 STRATEGIES = ("fedavg", "team")
 NEW_PATH_LR = 10.0  # paper 004: a new class's critical path learns 10x faster than the old ones
@@ -88,14 +90,24 @@ def local_training(head: torch.nn.Module, features: torch.Tensor, targets: torch
             param.register_hook(lambda grad, rows=rows: grad * rows)
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(seed)
+    loss = one_vs_rest if isinstance(head, PathHead) else cross_entropy
     head.train()
     sums = (0.0, 0, 0)
     for _ in range(epochs):
         loader = DataLoader(TensorDataset(features, targets), batch_size, shuffle=True, generator=generator)
-        sums = run_batches(head, loader, optimizer=optimizer)
+        sums = run_batches(head, loader, loss, optimizer=optimizer)
     head.eval()
     return {"num-examples": len(targets), "train-loss": sums[0] / max(sums[2], 1),
             "train-accuracy": sums[1] / max(sums[2], 1)}
+
+
+def one_vs_rest(model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each critical path scores "my class or not" on its own (sigmoid). A site trains its paths only
+    against its own classes; with a softmax, scores of paths that never met at one site would not be
+    comparable, with one-vs-rest each path's score means the same everywhere."""
+    x, target = batch
+    logits = model(x)
+    return F.binary_cross_entropy_with_logits(logits, F.one_hot(target, logits.shape[1]).float()), logits, target
 
 
 def accuracy(head: torch.nn.Module, classes: list[str], features: torch.Tensor, labels: list[str]) -> float:
