@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler
 from edgelearn.errors import ModelFileError
 from edgelearn.files import atomic_write_bytes, atomic_write_figure
 
-#: ``loss(model, batch) -> (loss, logits, targets)``; accuracy is counted on ``logits`` vs ``targets``.
+#: ``loss(model, batch) -> (loss, logits, targets)``; accuracy is counted on ``logits`` vs ``targets``
+#: (a task without one, detection, returns ``logits=None``: the history's accuracies are then None).
 Loss = Callable[[nn.Module, Sequence[torch.Tensor]], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 #: ``run_epoch(epoch, indices, lr) -> (loss sum, correct, count)``: a training pass run elsewhere.
 EpochRunner = Callable[[int, list[int], float], tuple[float, int, int]]
@@ -43,7 +44,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset, 
         targets: Sequence[int], n_classes: int, epochs: int, batch_size: int, seed: int, checkpoint: Path,
         config: dict, save_best: Callable[[dict], None], loss: Loss = cross_entropy,
         learning: Sequence[nn.Module] | None = None, cosine: bool = True, max_norm: float | None = None,
-        shard: tuple[int, int] = (0, 1), run_epoch: EpochRunner | None = None, resume: bool = False,
+        shard: tuple[int, int] = (0, 1), run_epoch: EpochRunner | None = None, collate_fn=None, resume: bool = False,
         progress: bool = False, log=print) -> tuple[list[dict], dict]:
     """Train for ``epochs``; returns ``(history, best)``.
 
@@ -58,7 +59,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset, 
     Distributed runs share this loop: ``shard=(rank, world)`` gives each data-parallel process every
     world-th image of the epoch's sample and of the validation set (sums are all-reduced; only rank 0
     writes); ``run_epoch(epoch, indices, lr)`` replaces the local training pass (a parameter server
-    hands the indices to its workers) and returns ``(loss sum, correct, count)``.
+    hands the indices to its workers) and returns ``(loss sum, correct, count)``. ``collate_fn`` batches
+    the data sets' items (default: torch's stacking).
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError("epochs and batch size must be at least 1")
@@ -86,17 +88,22 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset, 
             model.eval()
             for module in learning:
                 module.train()
-            loader = DataLoader(train_set, batch_size, sampler=sample[rank::world])
+            shard = sample[rank::world]
+            # a last batch of one gives batch norm no statistics (and fails on 1x1 maps): it is left out
+            loader = DataLoader(train_set, batch_size, sampler=shard, collate_fn=collate_fn,
+                                drop_last=len(shard) % batch_size == 1 and len(shard) > 1)
             sums = run_batches(model, loader, loss, optimizer, constrain, progress, f"epoch {epoch + 1}/{epochs}")
         model.eval()
         with torch.no_grad():
-            val = run_batches(model, DataLoader(Subset(val_set, range(rank, len(val_set), world)), batch_size),
-                       loss, None, None, False, "")
+            val_loader = DataLoader(Subset(val_set, range(rank, len(val_set), world)), batch_size,
+                                    collate_fn=collate_fn)
+            val = run_batches(model, val_loader, loss, None, None, False, "")
         (train_loss, train_acc), (val_loss, val_acc) = _reduce(sums, world), _reduce(val, world)
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
                         "val_loss": val_loss, "val_accuracy": val_acc,
                         "seconds": round(time.perf_counter() - started, 3)})
-        log(f"epoch {epoch + 1}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, val accuracy {val_acc:.1%}")
+        log(f"epoch {epoch + 1}: train loss {train_loss:.4f}, val loss {val_loss:.4f}"
+            + (f", val accuracy {val_acc:.1%}" if val_acc is not None else ""))
         if val_loss < best["val_loss"]:
             best = {"val_loss": val_loss, "epoch": epoch + 1}
             if rank == 0:
@@ -123,12 +130,13 @@ def _reduce(sums: Sequence[float], world: int) -> tuple[float, float]:
     if world > 1:
         torch.distributed.all_reduce(totals)
     loss_sum, correct, count = totals.tolist()
-    return loss_sum / max(count, 1), correct / max(count, 1)
+    return loss_sum / max(count, 1), None if math.isnan(correct) else correct / max(count, 1)
 
 
 def run_batches(model, loader, loss_fn: Loss = cross_entropy, optimizer=None, constrain=None, progress: bool = False,
                 description: str = "") -> tuple[float, int, int]:
-    """One pass over ``loader`` (a training pass if ``optimizer`` is given); returns (loss sum, correct, count)."""
+    """One pass over ``loader`` (a training pass if ``optimizer`` is given); returns (loss sum, correct, count),
+    ``correct`` NaN for a loss without logits."""
     total = correct = 0
     loss_sum = 0.0
     for batch in track(loader, description=description, disable=not progress, transient=True):
@@ -140,7 +148,7 @@ def run_batches(model, loader, loss_fn: Loss = cross_entropy, optimizer=None, co
             if constrain:
                 constrain()
         loss_sum += loss.item() * len(target)
-        correct += int((logits.argmax(1) == target).sum())
+        correct += int((logits.argmax(1) == target).sum()) if logits is not None else math.nan
         total += len(target)
     return loss_sum, correct, total
 
@@ -182,14 +190,13 @@ def plot_history(history: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3))
-    a.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    a.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
-    a.set_title("loss")
-    b.plot(epochs, [h["train_accuracy"] for h in history], "o-", label="train")
-    b.plot(epochs, [h["val_accuracy"] for h in history], "s-", label="validation")
-    b.set_title("accuracy")
-    for ax in (a, b):
+    scored = history[0]["val_accuracy"] is not None
+    fig, axes = plt.subplots(1, 2 if scored else 1, figsize=(8 if scored else 4, 3), squeeze=False)
+    for ax, key in zip(axes[0], ("loss", "accuracy"), strict=False):
+        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
+        ax.plot(epochs, [h[f"val_{key}"] for h in history], "s-", label="validation")
+        ax.set_title(key)
+    for ax in axes[0]:
         ax.set_xlabel("epoch")
         ax.legend()
         ax.grid(alpha=0.3)
