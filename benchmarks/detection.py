@@ -135,7 +135,7 @@ def _markdown(args, runs: dict, summary: dict, classes: list[str], old_classes: 
     names = list(runs)
     lines = [f"# A new class without forgetting: NEU-DET, new class {args.new_class} ({args.arch}, 320 px, frozen "
              f"trunk, {args.views} cached views, {args.epochs} epochs old/joint, {args.new_epochs} epochs new, "
-             f"{args.per_class} exemplars per old class)", "",
+             f"{args.per_class} exemplars per old class, lr {args.lr or '1e-3 new / 3e-4 continuing'})", "",
              "| AP@0.5 (%) | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for c in classes:
         lines.append(f"| {c}{' (new)' if c == args.new_class else ''} | " + " | ".join(
