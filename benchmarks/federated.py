@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks import common  # noqa: E402
 from edgelearn.data import FolderDataset  # noqa: E402
-from edgelearn.federation.deep import accuracy, local_training, shared_features  # noqa: E402
+from edgelearn.federation.deep import PATH_FRACTION, accuracy, local_training, shared_features  # noqa: E402
 from edgelearn.federation.deploy import federate  # noqa: E402
 from edgelearn.federation.team import DenseHead  # noqa: E402
 from edgelearn.files import atomic_write_figure  # noqa: E402
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--input-size", type=int, default=128)
-    parser.add_argument("--path-fraction", type=float, default=0.1)
+    parser.add_argument("--path-fraction", type=float, default=PATH_FRACTION)
     parser.add_argument("--work", type=Path, default=Path("/tmp/edgelearn-federated"))
     args = parser.parse_args()
     data = args.data / args.dataset

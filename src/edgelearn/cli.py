@@ -252,7 +252,7 @@ def federate(
     local_epochs: Annotated[int, typer.Option(help="--train: epochs each site trains per round.")] = 1,
     lr: Annotated[float, typer.Option(help="--train: the sites' SGD learning rate.")] = 0.01,
     path_fraction: Annotated[float, typer.Option(help="--train team: share of each layer's filters per "
-                                                      "class path.")] = 0.1,
+                                                      "class path.")] = 0.15,
     new_classes: Annotated[str, typer.Option(help="--train team: comma-separated classes whose paths start "
                                                   "random and learn 10x faster.")] = "",
     test: Annotated[Path | None, typer.Option(help="--train: a data set whose test/ split scores the global "

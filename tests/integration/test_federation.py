@@ -117,9 +117,9 @@ def test_sites_train_the_last_layers_together(sites, tmp_path, strategy):
     layers = split_mobilenet_v2(build_classifier("mobilenet_v2", weights="random")[0])[1]
     dense_bytes = sum(t.numel() * 4 for t in DenseHead(layers, 4).state_dict().values())
     per_site = rounds[1]["bytes_down"] / 2
-    if strategy == "team":  # each site: its 2 classes' paths of 10 % of the filters
+    if strategy == "team":  # each site: its 2 classes' paths of 15 % of the filters (~1/11 of the layers)
         assert rounds[-1]["accuracy"] == 1.0  # disjoint classes per site: the paths never compete
-        assert per_site < dense_bytes / 10
+        assert per_site < dense_bytes / 8
         assert history["query_bytes"] > 0
     else:
         assert abs(per_site - dense_bytes) / dense_bytes < 0.01

@@ -1,5 +1,6 @@
 """TeAM's critical paths and the federated aggregations, on random layers (no weights needed)."""
 
+import copy
 import time
 
 import numpy as np
@@ -11,6 +12,7 @@ from flwr.app.message import make_message
 from edgelearn.backbones import build_classifier
 from edgelearn.federation.deep import CountingFedAvg, local_training
 from edgelearn.federation.team import (
+    START_SCORE,
     DenseHead,
     PathHead,
     average_paths,
@@ -65,6 +67,7 @@ def test_a_specialised_model_for_k_classes_has_k_disconnected_paths(head):
     for name, tensor in special.state_dict().items():
         assert tensor.shape[0] == 2 * head.state_dict()[name].shape[0] // 4
         torch.testing.assert_close(tensor, head.path_state([1, 3])[name])
+    torch.nn.init.normal_(special.fc.weight)  # as after training (decoupled paths start with zero class weights)
     special.zero_grad()
     special(features(2))[:, 0].sum().backward()  # class b's score
     for name, param in special.named_parameters():
@@ -73,6 +76,15 @@ def test_a_specialised_model_for_k_classes_has_k_disconnected_paths(head):
     assert special.E.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="no critical path for x"):
         head.specialise(["a", "x"])
+
+
+def test_every_path_starts_at_the_same_not_my_class_score(head):
+    head = copy.deepcopy(head).eval()
+    scores = head(features(5, seed=7))
+    torch.testing.assert_close(scores, torch.full((5, 4), START_SCORE))
+    head.reset_paths([2], seed=1)  # a new class's path: random filters, the same starting score
+    torch.testing.assert_close(head(features(5, seed=7)), torch.full((5, 4), START_SCORE))
+    assert head.path_state([2])["E.weight"].abs().sum() > 0
 
 
 def test_a_path_keeps_its_selected_filters_exactly(layers):

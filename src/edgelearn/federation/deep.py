@@ -51,6 +51,7 @@ from edgelearn.files import atomic_write_bytes
 from edgelearn.training.loop import cross_entropy, run_batches
 
 STRATEGIES = ("fedavg", "team")
+PATH_FRACTION = 0.15  # of each decoupled layer's filters per class path
 NEW_PATH_LR = 10.0  # paper 004: a new class's critical path learns 10x faster than the old ones
 
 
@@ -250,7 +251,7 @@ def _decouple(layers: dict, replies: list[Message], fraction: float, new_classes
             entry["count"] += n
             for k in "EPL":
                 entry[k] = entry[k] + stats[f"{c}/{k}"]
-    head = PathHead.decouple(layers, select_paths(totals, fraction), seed=seed)
+    head = PathHead.decouple(layers, select_paths(totals, fraction))
     head.reset_paths([head.classes.index(c) for c in new_classes if c in head.classes], seed=seed)
     return head
 
@@ -296,7 +297,7 @@ def run(cfg: dict, grid: Grid) -> dict:
     query_bytes = sum(array_bytes(r.content["statistics"]) for r in replies if "statistics" in r.content)
     if strategy_name == "team":
         new = [c for c in str(cfg.get("new-classes", "")).split(",") if c]
-        head = _decouple(layers, replies, float(cfg.get("path-fraction", 0.1)), new, int(cfg.get("seed", 0)))
+        head = _decouple(layers, replies, float(cfg.get("path-fraction", PATH_FRACTION)), new, int(cfg.get("seed", 0)))
         train_config |= {f"size-{k}": head.sizes[k] for k in "EPL"}
         strategy = TeAM(head, site_counts, new_classes=new, **common)
     else:
