@@ -291,6 +291,8 @@ def _federated_training(sites, workdir, strategy, *, rounds, weights, input_size
 
     if strategy not in STRATEGIES:
         raise ValueError(f"--train must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if not 0 < path_fraction <= 1:
+        raise ValueError(f"--path-fraction must be in (0, 1], got {path_fraction}")
     if test is not None and not (test / "test").is_dir():
         raise ValueError(f"--test needs a folder with a test/ split, got {test}")
     config = {"strategy": strategy, "weights": str(_default_weights(weights) or ""), "input-size": input_size or 0,

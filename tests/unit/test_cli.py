@@ -194,4 +194,7 @@ def test_federated_training_refuses_bad_settings_before_starting_anything(runner
     assert bad.exit_code == 1 and "--train must be one of fedavg, team" in bad.output
     no_test = runner.invoke(app, ["federate", *sites, "--train", "team", "--test", str(tmp_path)])
     assert no_test.exit_code == 1 and "test/ split" in no_test.output
+    empty = runner.invoke(app, ["federate", *sites, "--train", "team", "--path-fraction", "0", "--workdir",
+                                str(tmp_path / "w")])
+    assert empty.exit_code == 1 and "--path-fraction must be in (0, 1]" in empty.output
     assert not (tmp_path / "w").exists()
