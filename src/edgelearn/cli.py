@@ -335,11 +335,14 @@ def keys_new(
 @app.command()
 @user_errors
 def serve(
-    data: Annotated[Path, typer.Option(help="The station's folder: SQLite store and token.")] = Path("edgelearn-data"),
+    data: Annotated[Path | None, typer.Option(envvar="EDGELEARN_DATA", help="The station's folder: SQLite store, "
+                                              "token, TLS certificate (default: ~/.local/share/edgelearn).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: the whole network).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    token: Annotated[str | None, typer.Option(envvar="EDGELEARN_TOKEN", help="Write token (default: made on "
-                                              "first start, kept in DATA/token).")] = None,
+    token: Annotated[str | None, typer.Option(envvar="EDGELEARN_TOKEN", help="Write token, at least 16 characters "
+                                              "(default: made on first start, kept in DATA/token). Prefer the "
+                                              "file or $EDGELEARN_TOKEN: a command line is visible to every "
+                                              "user of the machine.")] = None,
     backbone: Annotated[str, typer.Option(help="torchvision model name (fixed at the store's first start).")]
     = "mobilenet_v2",
     weights: Weights = None,
@@ -358,13 +361,25 @@ def serve(
     trust: Annotated[Path | None, typer.Option(help="Folder of trusted public keys: imports must be signed.")]
     = None,
     max_upload_mb: Annotated[int, typer.Option(help="Largest request (zips, videos), MiB.")] = 200,
+    tls: Annotated[bool, typer.Option("--tls", help="HTTPS with a self-signed certificate made in the data "
+                                      "folder (its fingerprint is printed: compare it in the browser).")] = False,
+    tls_cert: Annotated[Path | None, typer.Option(help="HTTPS with this certificate (PEM; with --tls-key).")]
+    = None,
+    tls_key: Annotated[Path | None, typer.Option(help="The certificate's private key (PEM).")] = None,
 ):
     """Start the station: web page with camera, explanations and corrections, REST API (docs at /docs)."""
     import uvicorn
 
     from edgelearn.explain.representatives import get_similarity
-    from edgelearn.server import Station, StationConfig, create_app, station_token
+    from edgelearn.files import private_folder
+    from edgelearn.server import Station, StationConfig, create_app, default_data_dir, station_token
+    from edgelearn.server.tls import fingerprint, self_signed
 
+    data = private_folder(data or default_data_dir())
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if tls and tls_cert is None:
+        tls_cert, tls_key = self_signed(data, [host])
     if representatives != "feature":
         get_similarity(representatives)  # an unknown method fails now, not at the first prediction
     config = StationConfig(data, backbone, _default_weights(weights), input_size, learner.replace("-", "_"),
@@ -375,9 +390,16 @@ def serve(
     err.print(f"station store: {config.store_path} ({len(station.rec.classes)} classes, "
               f"version {station.store.active_version})")
     err.print(f"write token{' (new, kept in ' + str(data / 'token') + ')' if new else ''}: {write_token}")
-    err.print(f"open http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/ in a browser")
+    if "--token" in sys.argv:
+        err.print("note: a token given on the command line is visible to other users (ps); prefer DATA/token "
+                  "or $EDGELEARN_TOKEN")
+    scheme = "https" if tls_cert else "http"
+    if tls_cert:
+        err.print(f"TLS certificate {tls_cert}, SHA-256 fingerprint {fingerprint(tls_cert)}")
+    err.print(f"open {scheme}://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/ in a browser")
     api = create_app(station, write_token, max_upload_bytes=max_upload_mb * 2**20)
-    uvicorn.run(api, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+    uvicorn.run(api, host=host, port=port, log_level="info", timeout_graceful_shutdown=10,
+                ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None)
 
 
 @app.command()

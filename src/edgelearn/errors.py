@@ -43,3 +43,7 @@ class FederationError(EdgelearnError, RuntimeError):
 
 class NotFoundError(EdgelearnError, LookupError):
     """Something asked for by number or name does not exist (a knowledge version, a queue item)."""
+
+
+class LabelError(EdgelearnError, ValueError):
+    """A class name breaks the label rule (empty, too long, too deep, control characters, '.' or '..')."""

@@ -16,15 +16,18 @@ MANIFEST_KEY = "edgelearn"
 MAX_FILE_BYTES = 2 * 2**30
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int = 0o644) -> None:
     """Write ``data`` so that ``path`` holds either the old or the new content, never a mix.
 
-    Temp file in the same folder, fsync, rename over the target, fsync the folder.
+    Temp file in the same folder, fsync, rename over the target, fsync the folder. The file gets
+    ``mode`` (0644: models and packages are meant to be shared; pass 0o600 for anything secret)
+    before any byte is written.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -38,6 +41,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_private(path: str | os.PathLike, data: bytes) -> None:
+    """Write a secret (a private key, a token): mode 0600 from its first byte, atomically."""
+    atomic_write_bytes(path, data, mode=0o600)
+
+
+def private_folder(path: str | os.PathLike) -> Path:
+    """Create ``path`` (and parents) with mode 0700 if it is missing; an existing folder is left as it is."""
+    path = Path(path)
+    if not path.is_dir():
+        path.mkdir(parents=True, mode=0o700, exist_ok=True)
+        path.chmod(0o700)  # mkdir's mode is masked by the umask
+    return path
 
 
 def atomic_write_figure(path: str | os.PathLike, fig) -> None:

@@ -16,7 +16,9 @@ def test_tiny_backbone_embeds_batches_deterministically():
     images = [Image.new("RGB", (50, 40), c) for c in ("red", "blue", "green")]
     features = bb.embed(images, batch_size=2)
     assert features.shape == (3, 32) and features.dtype == np.float32
-    np.testing.assert_allclose(features, build_backbone("tiny", weights="random").embed(images), rtol=1e-5)
+    # batched and one-by-one convolutions may take different kernels: equal to float32 rounding, not bit for bit
+    again = build_backbone("tiny", weights="random").embed(images, batch_size=1)
+    np.testing.assert_allclose(features, again, rtol=1e-4, atol=1e-5 * float(np.abs(features).max()))
     assert not np.allclose(features[0], features[1])
 
 

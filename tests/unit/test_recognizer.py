@@ -6,8 +6,8 @@ from PIL import Image
 
 from edgelearn.backbones import build_backbone
 from edgelearn.data import FolderDataset
-from edgelearn.errors import IncompatibleError, ModelFileError
-from edgelearn.recognizer import Recognizer, rollup
+from edgelearn.errors import IncompatibleError, LabelError, ModelFileError
+from edgelearn.recognizer import Recognizer, check_label, rollup
 from tests.conftest import COLOURS
 
 
@@ -36,6 +36,7 @@ def test_save_load_round_trip_keeps_predictions_and_no_images(trained, tmp_path)
     np.testing.assert_allclose(loaded.learner.predict_proba(X), rec.learner.predict_proba(X))
     assert loaded.examples_seen == rec.examples_seen
     assert path.stat().st_size < 10_000  # three class means and a manifest: no images inside
+    assert path.stat().st_mode & 0o777 == 0o644  # a package is meant to be shared; keys alone are private
 
 
 def test_another_backbone_is_refused(trained, tmp_path):
@@ -103,6 +104,20 @@ def test_unknown_below_threshold_and_bad_labels(trained):
     assert len(unknown.alternatives) == 2 and unknown.alternatives[0][1] == unknown.confidence  # best first
     with pytest.raises(ValueError, match="invalid label"):
         rec.learn([Image.new("RGB", (8, 8))], ["a//b"])
+
+
+@pytest.mark.parametrize("bad", ["", " / ", "a//b", "a/./b", "..", "x" * 201, "/".join("a" * 17),
+                                 "bolt\u202egnp", "line\nbreak", "nul\x00", "zero\u200bwidth", None, 1.5])
+def test_the_label_rule_refuses_what_cannot_be_a_class_name(bad):
+    with pytest.raises(LabelError, match="invalid label"):
+        check_label(bad)
+
+
+def test_the_label_rule_keeps_ordinary_names():
+    assert check_label(" Schraube M8 / Linsenkopf ") == "Schraube M8 / Linsenkopf"
+    assert check_label("/".join("a" * 16)) == "/".join("a" * 16)
+    assert check_label("x" * 200) == "x" * 200
+    assert check_label(7) == "7"
 
 
 @pytest.mark.parametrize("learner", ["slda", "ncm", "fuzzy_artmap"])

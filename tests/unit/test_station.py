@@ -4,13 +4,16 @@ import zipfile
 import cv2
 import numpy as np
 import pytest
+from cryptography import x509
 from PIL import Image
 
 from edgelearn import Recognizer
 from edgelearn.data.frames import extract_dataset, read_frames
 from edgelearn.errors import DatasetError, EdgelearnError, ImageError, IncompatibleError
-from edgelearn.server import Station, StationConfig, station_token
+from edgelearn.server import Station, StationConfig, default_data_dir, station_token
+from edgelearn.server.tls import fingerprint, self_signed
 from edgelearn.server.uploads import labelled_images
+from edgelearn.store import Store
 from tests.conftest import COLOURS
 
 
@@ -143,11 +146,50 @@ def test_export_import_merges_and_refuses_other_backbones(tmp_path):
 
 
 def test_token_is_made_once_and_kept_private(tmp_path):
-    token, new = station_token(tmp_path)
+    data = tmp_path / "station"
+    token, new = station_token(data)
     assert new and len(token) >= 20
-    assert (tmp_path / "token").stat().st_mode & 0o777 == 0o600
-    assert station_token(tmp_path) == (token, False)
-    assert station_token(tmp_path, "given") == ("given", False)
+    assert (data / "token").stat().st_mode & 0o777 == 0o600
+    assert data.stat().st_mode & 0o777 == 0o700
+    assert station_token(data) == (token, False)
+    assert station_token(data, "given-long-enough-1") == ("given-long-enough-1", False)
+
+
+def test_short_tokens_and_token_files_others_can_read_are_refused(tmp_path, monkeypatch):
+    with pytest.raises(EdgelearnError, match="too short"):
+        station_token(tmp_path, "secret")
+    monkeypatch.setenv("EDGELEARN_TOKEN", "abc")
+    with pytest.raises(EdgelearnError, match="too short"):
+        station_token(tmp_path)
+    monkeypatch.delenv("EDGELEARN_TOKEN")
+    station_token(tmp_path)
+    (tmp_path / "token").chmod(0o644)
+    with pytest.raises(EdgelearnError, match="chmod 600"):
+        station_token(tmp_path)
+
+
+def test_the_store_is_private_and_no_station_defaults_to_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("EDGELEARN_DATA", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_data_dir() == tmp_path / "xdg" / "edgelearn"
+    monkeypatch.setenv("EDGELEARN_DATA", str(tmp_path / "elsewhere"))
+    assert StationConfig().data_dir == tmp_path / "elsewhere"
+    st = Store(tmp_path / "new" / "station.sqlite")
+    st.set("x", 1)  # forces the WAL file
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700
+    for name in ("station.sqlite", "station.sqlite-wal"):
+        assert (tmp_path / "new" / name).stat().st_mode & 0o777 == 0o600
+    st.close()
+
+
+def test_self_signed_certificate_is_made_once_with_a_private_key(tmp_path):
+    cert, key = self_signed(tmp_path, ["station.local"])
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert self_signed(tmp_path, ["other"]) == (cert, key)
+    assert fingerprint(cert).count(":") == 31
+    names = x509.load_pem_x509_certificate(cert.read_bytes()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value
+    assert "station.local" in names.get_values_for_type(x509.DNSName)
 
 
 # -- uploads and videos ------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgelearn.errors import SignatureError
+from edgelearn.files import write_private
 
 
 def key_id(public: Ed25519PublicKey) -> str:
@@ -54,9 +55,7 @@ class SiteKey:
             raise SignatureError(f"{private_path} exists already; refusing to overwrite a site key")
         pem = self.private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                          serialization.NoEncryption())
-        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
+        write_private(private_path, pem)
         public_path.write_bytes(self.private.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
         return private_path, public_path

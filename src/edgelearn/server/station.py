@@ -7,8 +7,9 @@ The learner is never saved by itself: on start it is rebuilt as ``active version
 
 import base64
 import io
+import os
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,18 +21,27 @@ from edgelearn.errors import EdgelearnError
 from edgelearn.explain import HeatMapper, expected_calibration_error, get_similarity, nearest, overlay, png_bytes
 from edgelearn.explain.calibration import OnlineTemperature
 from edgelearn.knowledge import TrustStore
-from edgelearn.recognizer import Recognizer, _check_label
+from edgelearn.recognizer import Recognizer, check_label
 from edgelearn.server.batching import Batcher
 from edgelearn.store import Store
 
 THUMBNAIL_SIDE = 160
+DATA_ENV = "EDGELEARN_DATA"
+
+
+def default_data_dir() -> Path:
+    """``$EDGELEARN_DATA``, else the user's data folder (``$XDG_DATA_HOME/edgelearn``, default
+    ``~/.local/share/edgelearn``): never the current folder, so a checkout never holds a station's state."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV])
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "edgelearn"
 
 
 @dataclass
 class StationConfig:
     """How a station is set up; the recognizer's part is fixed by the store's first start."""
 
-    data_dir: Path = Path("edgelearn-data")
+    data_dir: Path = field(default_factory=default_data_dir)
     backbone: str = "mobilenet_v2"
     weights: str | None = None
     input_size: int | None = None
@@ -167,7 +177,7 @@ class Station:
     def learn(self, images: list[Image.Image], labels: list[str], *, kind: str = "teach", user: str | None = None,
               predicted: list | None = None, confidence: list | None = None) -> dict:
         """Learn labelled images; returns once the feedback is committed (it survives a crash)."""
-        labels = [_check_label(label) for label in labels]
+        labels = [check_label(label) for label in labels]
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         features = self.rec.embed(images, batch_size=16)
@@ -208,7 +218,7 @@ class Station:
         result = {}
         if label is not None:
             features = np.frombuffer(row["features"], np.float32)[None, :]
-            result = self._learn_features(features, [_check_label(label)], kind="label", user=user,
+            result = self._learn_features(features, [check_label(label)], kind="label", user=user,
                                           predicted=[row["predicted"]], confidence=[row["confidence"]],
                                           images=[row["image"]] if row["image"] else None)
         self.store.resolve(item, label, user)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgelearn.errors import EdgelearnError, NotFoundError
+from edgelearn.files import private_folder
 
 MIGRATIONS = [
     """
@@ -64,10 +65,11 @@ class Store:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(self.path.parent)
         self._lock = threading.RLock()
         try:
             self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            self.path.chmod(0o600)  # before the first byte is written; SQLite gives the WAL the same mode
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a committed event survives power loss too
             self._db.execute("PRAGMA foreign_keys=ON")
