@@ -29,6 +29,8 @@ app.add_typer(keys_app, name="keys")
 detector_app = typer.Typer(help="Object detectors: train (new classes without forgetting), evaluate, export.",
                            no_args_is_help=True)
 app.add_typer(detector_app, name="detector")
+store_app = typer.Typer(help="A station's store: check (and repair), back up.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
@@ -813,6 +815,58 @@ def detect(
             table.add_row(source, o["class"], "" if o["score"] is None else f"{o['score']:.2f}",
                           ", ".join(f"{v:g}" for v in o["box"]))
     emit({"detections": results}, as_json, table)
+
+
+StoreData = Annotated[Path, typer.Argument(help="The station's folder (holds station.sqlite).")]
+
+
+def _open_store(data: Path):
+    from edgelearn.server.station import StationConfig
+    from edgelearn.store import Store
+
+    path = StationConfig(data).store_path
+    if not path.is_file():
+        raise EdgelearnError(f"no station store at {path}")
+    return Store(path)
+
+
+@store_app.command("check")
+@user_errors
+def store_check(
+    data: StoreData,
+    repair: Annotated[bool, typer.Option("--repair", help="Drop events whose features were altered or damaged.")]
+    = False,
+    as_json: Json = False,
+):
+    """Check a station's store: SQLite integrity, every event's feature hash, every version's package."""
+    store = _open_store(data)
+    try:
+        problems = store.check(repair=repair)
+    finally:
+        store.close()
+    left = [p for p in problems if not p.startswith("dropped ")]
+    emit({"store": str(store.path), "problems": problems, "ok": not left}, as_json)
+    if not as_json:
+        for problem in problems:
+            out.print(problem, highlight=False, soft_wrap=True)
+        out.print(f"{store.path}: {'ok' if not left else f'{len(left)} problem(s)'}", highlight=False)
+    if left:
+        raise typer.Exit(1)
+
+
+@store_app.command("backup")
+@user_errors
+def store_backup(data: StoreData, output: Annotated[Path, typer.Argument(help="The copy (mode 0600).")],
+                 as_json: Json = False):
+    """Copy a station's store while the station runs (SQLite online backup): a consistent, private file."""
+    store = _open_store(data)
+    try:
+        store.backup(output)
+    finally:
+        store.close()
+    emit({"store": str(store.path), "backup": str(output)}, as_json)
+    if not as_json:
+        out.print(f"backed up {store.path} to {output}", highlight=False)
 
 
 def _default_weights(weights: str | None) -> str | None:

@@ -47,3 +47,15 @@ class NotFoundError(EdgelearnError, LookupError):
 
 class LabelError(EdgelearnError, ValueError):
     """A class name breaks the label rule (empty, too long, too deep, control characters, '.' or '..')."""
+
+
+class StoreError(EdgelearnError):
+    """A station's store is damaged or inconsistent (empty, truncated, altered events, no active version)."""
+
+
+class ConflictError(EdgelearnError):
+    """The request collides with another one (a queue item someone already labelled): HTTP 409."""
+
+
+class GoneError(NotFoundError):
+    """Something that existed was pruned on purpose (an old knowledge version's package): HTTP 410."""

@@ -1,20 +1,26 @@
 import io
+import sqlite3
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 import pytest
 from cryptography import x509
+from fastapi.testclient import TestClient
 from PIL import Image
+from typer.testing import CliRunner
 
 from edgelearn import Recognizer
+from edgelearn.cli import app as cli_app
 from edgelearn.data.frames import extract_dataset, read_frames
-from edgelearn.errors import DatasetError, EdgelearnError, ImageError, IncompatibleError
-from edgelearn.server import Station, StationConfig, default_data_dir, station_token
+from edgelearn.errors import ConflictError, DatasetError, EdgelearnError, ImageError, IncompatibleError, StoreError
+from edgelearn.server import Station, StationConfig, create_app, default_data_dir, station_token
 from edgelearn.server.tls import fingerprint, self_signed
 from edgelearn.server.uploads import labelled_images
 from edgelearn.store import Store
 from tests.conftest import COLOURS
+from tests.integration.server import TOKEN
 
 
 def colour_image(name, seed=0, size=40):
@@ -276,3 +282,122 @@ def test_unknown_below_the_threshold_still_lists_the_closest_classes(tmp_path):
     relaxed = Station(config(tmp_path, unknown_below=0))  # a setting of the station, not of its knowledge
     assert relaxed.predict(colour_image("red", 77), enqueue=False)["label"] == "red"
     relaxed.close()
+
+
+def test_a_station_refuses_to_start_on_an_altered_event_until_check_repair_drops_it(tmp_path):
+    station = Station(config(tmp_path))
+    teach(station, "red", n=3)
+    event = station.store.events(3)[1]["id"]
+    station.close()
+    db = sqlite3.connect(config(tmp_path).store_path)
+    db.execute("UPDATE events SET features = zeroblob(length(features)) WHERE id = ?", (event,))
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match=f"event {event} \\('red'\\) was altered or damaged"):
+        Station(config(tmp_path))
+    runner = CliRunner()
+    data = str(config(tmp_path).data_dir)
+    checked = runner.invoke(cli_app, ["store", "check", data])
+    assert checked.exit_code == 1 and f"event {event} ('red')" in checked.output
+    repaired = runner.invoke(cli_app, ["store", "check", data, "--repair"])
+    assert repaired.exit_code == 0 and f"dropped event {event} ('red')" in repaired.output
+    again = Station(config(tmp_path))
+    assert again.status()["examples"] == 2
+    again.close()
+
+
+def test_a_station_with_events_but_no_active_version_refuses_to_start(tmp_path):
+    station = Station(config(tmp_path))
+    teach(station, "red", n=2)
+    station.close()
+    store = Store(config(tmp_path).store_path)
+    with store.transaction():
+        store._db.execute("DELETE FROM meta WHERE key = 'active_version'")
+    store.close()
+    with pytest.raises(StoreError, match="names no active version"):
+        Station(config(tmp_path))
+    config(tmp_path).store_path.write_bytes(b"")
+    with pytest.raises(StoreError, match="empty file"):
+        Station(config(tmp_path))
+
+
+def test_store_backup_command_copies_a_running_station(tmp_path):
+    station = Station(config(tmp_path))
+    teach(station, "red", n=2)
+    out = tmp_path / "backup.sqlite"
+    result = CliRunner().invoke(cli_app, ["store", "backup", str(config(tmp_path).data_dir), str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_mode & 0o777 == 0o600
+    restored_path = config(tmp_path / "restored").store_path
+    restored_path.parent.mkdir(parents=True)
+    restored_path.write_bytes(out.read_bytes())
+    restored = Station(config(tmp_path / "restored"))
+    assert restored.status()["examples"] == 2
+    restored.close()
+    station.close()
+    missing = CliRunner().invoke(cli_app, ["store", "check", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 1 and "no station store at" in missing.output
+
+
+def test_concurrent_labels_of_one_queue_item_learn_it_once(tmp_path):
+    station = Station(config(tmp_path, queue_below=1.01))
+    teach(station, "red")
+    station.predict(colour_image("green"))
+    (item,) = station.store.queue()
+    events_before = station.store.count("events")
+
+    def label(_):
+        try:
+            return station.label_queue(item["id"], "green", user="bob")
+        except ConflictError as exc:
+            return exc
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(label, range(4)))
+    assert sum(isinstance(r, dict) for r in results) == 1
+    assert all("already labelled" in str(r) for r in results if isinstance(r, ConflictError))
+    assert station.store.count("events") == events_before + 1 and station.rec.examples_seen["green"] == 1
+    station.close()
+
+
+def test_concurrent_heat_maps_all_succeed(station):
+    teach(station, "red")
+    teach(station, "blue")
+    with ThreadPoolExecutor(6) as pool:
+        maps = list(pool.map(lambda i: station.heatmap(colour_image("red", i), "red"), range(12)))
+    assert all(m.startswith("data:image/png;base64,") for m in maps)
+
+
+def test_api_retried_idempotency_key_learns_once_and_labels_conflict_or_are_gone(tmp_path):
+    station = Station(config(tmp_path, keep_versions=2))
+    client = TestClient(create_app(station, TOKEN))
+    auth = {"Authorization": f"Bearer {TOKEN}", "Idempotency-Key": "teach-red-1"}
+    files = [("files", ("red.png", png("red"), "image/png"))]
+    first = client.post("/api/learn", headers=auth, data={"label": "red"}, files=files)
+    again = client.post("/api/learn", headers=auth, data={"label": "red"}, files=files)
+    assert first.status_code == again.status_code == 200 and again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true" and station.store.count("events") == 1
+    stranger = client.post("/api/learn", headers={"Idempotency-Key": "teach-red-1"}, data={"label": "red"},
+                           files=files)
+    assert stranger.status_code == 401  # a key never stands in for the token
+    client.post("/api/learn", headers={**auth, "Idempotency-Key": "teach-red-2"}, data={"label": "red"}, files=files)
+    assert station.store.count("events") == 2
+    assert client.post("/api/versions/1/tag", headers=auth, data={"name": "first"}).json()["tag"] == "first"
+    for _ in range(3):
+        client.post("/api/consolidate", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert client.post("/api/versions/2/rollback", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 410
+    assert client.post("/api/versions/1/rollback", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    station.close()
+
+
+def test_api_second_label_of_a_queue_item_is_a_409(tmp_path):
+    station = Station(config(tmp_path, queue_below=1.01))
+    teach(station, "red")
+    station.predict(colour_image("green"))
+    (item,) = station.store.queue()
+    client = TestClient(create_app(station, TOKEN))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.post(f"/api/queue/{item['id']}", headers=auth, data={"label": "green"}).status_code == 200
+    second = client.post(f"/api/queue/{item['id']}", headers=auth, data={"label": "green"})
+    assert second.status_code == 409 and "already labelled" in second.json()["detail"]
+    station.close()

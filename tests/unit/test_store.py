@@ -3,7 +3,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from edgelearn.errors import EdgelearnError
+from edgelearn.errors import ConflictError, EdgelearnError, GoneError, StoreError
+from edgelearn.files import container_bytes
 from edgelearn.store import SCHEMA_VERSION, Store
 from edgelearn.store import sqlite as store_module
 
@@ -116,3 +117,135 @@ def test_committed_events_survive_a_connection_that_never_closed(tmp_path):
     other = sqlite3.connect(path)
     assert other.execute("SELECT count(*) FROM events").fetchone()[0] == 1
     other.close()
+
+
+def alter_event(path, event_id):
+    """What a damaged disk or a hand edit does: the features change, their hash does not."""
+    db = sqlite3.connect(path)
+    db.execute("UPDATE events SET features = ? WHERE id = ?", (np.full(4, 9, np.float32).tobytes(), event_id))
+    db.commit()
+    db.close()
+
+
+def test_replay_refuses_an_altered_event_and_check_repair_drops_it(tmp_path):
+    path = tmp_path / "s.sqlite"
+    s = Store(path)
+    v1 = s.add_version(container_bytes({}, {}), "initial", classes=0, examples=0)
+    ids = s.add_events("teach", ["a", "b", "c"], np.ones((3, 4)))
+    alter_event(path, ids[1])
+    with pytest.raises(StoreError, match=f"event {ids[1]} \\('b'\\) was altered or damaged"):
+        s.replay(v1)
+    assert s.check() == [f"event {ids[1]} ('b'): its features do not match their hash (altered or damaged)"]
+    assert s.check(repair=True) == [f"dropped event {ids[1]} ('b'): its features do not match their hash "
+                                    "(altered or damaged)"]
+    assert s.replay(v1)[1] == ["a", "c"] and s.check() == []
+    s.add_version(b"not a package", "merge from nowhere", classes=0, examples=0)
+    (problem,) = s.check()
+    assert problem.startswith("knowledge version 2: not an edgelearn file, or truncated/damaged")
+    s.close()
+
+
+def test_an_empty_or_truncated_store_file_is_refused_and_a_missing_one_is_new(tmp_path):
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    with pytest.raises(StoreError, match="empty file, not a store"):
+        Store(empty)
+    assert empty.stat().st_size == 0  # nothing was written into it
+    full = tmp_path / "full.sqlite"
+    s = Store(full)
+    s.add_version(b"p" * 50_000, "initial", classes=0, examples=0)
+    s.close()
+    truncated = tmp_path / "truncated.sqlite"
+    truncated.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(EdgelearnError, match="not a readable edgelearn store"):
+        Store(truncated)
+    new = Store(tmp_path / "new.sqlite")
+    assert new.active_version is None
+    new.close()
+
+
+def test_events_without_a_usable_active_version_are_refused(store):
+    store.check_active_version()  # a new store: fine
+    v1 = store.add_version(b"p", "initial", classes=0, examples=0)
+    store.add_events("teach", ["a"], np.ones((1, 4)))
+    store.set("active_version", v1 + 5)
+    with pytest.raises(StoreError, match=f"active knowledge version {v1 + 5} is missing"):
+        store.check_active_version()
+    with store.transaction():
+        store._db.execute("DELETE FROM meta WHERE key = 'active_version'")
+    with pytest.raises(StoreError, match="holds 1 versions and 1 events but names no active version"):
+        store.check_active_version()
+
+
+def test_backup_is_a_private_consistent_copy(store, tmp_path):
+    store.add_version(b"p", "initial", classes=0, examples=0)
+    store.add_events("teach", ["a", "b"], np.ones((2, 4)))  # still in the WAL
+    out = store.backup(tmp_path / "copy.sqlite")
+    assert out.stat().st_mode & 0o777 == 0o600
+    copy = sqlite3.connect(out)
+    assert copy.execute("SELECT count(*) FROM events").fetchone()[0] == 2
+    assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    copy.close()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".copy")] == []  # no temp file left
+
+
+def test_the_wal_is_checkpointed_so_the_main_file_alone_holds_committed_events(tmp_path):
+    path = tmp_path / "s.sqlite"
+    s = Store(path, checkpoint_s=0)  # checkpoint after every write
+    s.add_version(b"p", "initial", classes=0, examples=0)
+    s.add_events("teach", ["a"], np.ones((1, 4)))
+    main_only = tmp_path / "main-only.sqlite"
+    main_only.write_bytes(path.read_bytes())  # without its -wal file
+    copy = sqlite3.connect(main_only)
+    assert copy.execute("SELECT count(*) FROM events").fetchone()[0] == 1
+    copy.close()
+    s.close()
+
+
+def test_labelling_an_item_twice_is_a_conflict(store):
+    item = store.enqueue("a", 0.1, np.ones(3))
+    assert store.resolve(item, "b")["id"] == item
+    with pytest.raises(ConflictError, match=f"queue item {item} is already labelled"):
+        store.resolve(item, "c")
+    assert store.queue_item(item)["label"] == "b"
+
+
+def test_pruning_keeps_tagged_active_and_parent_versions_and_bounds_events_and_queue(tmp_path):
+    s = Store(tmp_path / "s.sqlite", keep_versions=2, keep_events=3, keep_resolved=2)
+    v1 = s.add_version(b"p1", "initial", classes=0, examples=0)
+    s.add_events("teach", ["a"] * 4, np.ones((4, 4)))
+    v2 = s.add_version(b"p2", "checkpoint", classes=1, examples=4)
+    s.tag_version(v2, "  before line 3 ")
+    v3 = s.add_version(b"p3", "checkpoint", classes=1, examples=4)
+    s.add_version(b"p4", "checkpoint", classes=1, examples=4)
+    active = s.add_version(s.package(v3), "rollback to version 3", parent=v3, classes=1, examples=4)
+    assert s.package(v3) == b"p3"  # the active version's parent keeps its package
+    s.add_events("teach", ["b"] * 5, np.ones((5, 4)))
+    s.add_version(b"p8", "checkpoint", classes=2, examples=9, parent=active)  # prunes again
+    kept = {v["id"]: v for v in s.versions()}
+    assert [i for i, v in kept.items() if v["pruned_at"] is None] == [active + 1, active, v2]
+    assert kept[v2]["tag"] == "before line 3" and kept[v1]["bytes"] == 0 and len(kept) == active + 1
+    with pytest.raises(GoneError, match=f"knowledge version {v1} was pruned .* its package is gone"):
+        s.package(v1)
+    with pytest.raises(GoneError):
+        s.tag_version(v1, "too late")
+    with pytest.raises(ValueError, match="1 to 100 printable"):
+        s.tag_version(v2, "\x1b[31m")
+    assert s.count("events") == 3 and s.events(1)[0]["label"] == "b"  # the newest 3 of the log
+    for i in range(5):
+        s.resolve(s.enqueue("a", 0.1, np.full(3, i, np.float32)), "a" if i % 2 else None)
+    s.enqueue("a", 0.1, np.ones(3))
+    assert s.count("queue") == 3 and len(s.queue("open")) == 1  # open ones stay; 2 resolved kept
+    s.close()
+
+
+def test_answers_to_retried_requests_are_kept_for_a_while_and_bounded(tmp_path):
+    s = Store(tmp_path / "s.sqlite", keep_answers=2)
+    for i in range(3):
+        s.remember_answer(f"k{i}", "/api/learn", "cred", 200, f'{{"n": {i}}}')
+    assert s.answer("k0", "/api/learn", "cred") is None  # beyond the bound
+    assert s.answer("k2", "/api/learn", "cred") == (200, '{"n": 2}')
+    assert s.answer("k2", "/api/learn", "someone else") is None and s.answer("k2", "/api/consolidate", "cred") is None
+    s.answers_for_s = 0
+    assert s.answer("k2", "/api/learn", "cred") is None  # too old
+    s.close()

@@ -20,7 +20,8 @@ from starlette.datastructures import UploadFile as StarletteUpload
 
 from edgelearn import __version__
 from edgelearn.data.images import load_image
-from edgelearn.errors import EdgelearnError, NotFoundError
+from edgelearn.errors import ConflictError, EdgelearnError, GoneError, NotFoundError
+from edgelearn.server.idempotency import IdempotencyKeys
 from edgelearn.server.station import Station
 from edgelearn.server.uploads import labelled_images
 
@@ -70,11 +71,17 @@ def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLO
     Writer = Annotated[str | None, Depends(writer)]
 
     app.add_middleware(SizeLimit, max_bytes=max_upload_bytes)
+    app.add_middleware(IdempotencyKeys, store=station.store)
 
     @app.exception_handler(EdgelearnError)
     @app.exception_handler(ValueError)
     async def user_error(request: Request, exc: Exception):
         return JSONResponse({"detail": str(exc)}, 404 if isinstance(exc, NotFoundError) else 400)
+
+    @app.exception_handler(ConflictError)
+    @app.exception_handler(GoneError)
+    async def conflict_or_gone(request: Request, exc: Exception):
+        return JSONResponse({"detail": str(exc)}, 409 if isinstance(exc, ConflictError) else 410)
 
     def read(upload: UploadFile, limit: int) -> bytes:
         data = upload.file.read(limit + 1)
@@ -161,6 +168,12 @@ def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLO
     def rollback(version: int, user: Writer) -> dict:
         """Return to an earlier version's knowledge (recorded as a new version)."""
         return station.rollback(version, user)
+
+    @app.post("/api/versions/{version}/tag")
+    def tag(version: int, user: Writer, name: Annotated[str, Form(description="The tag, e.g. 'before line 3'.")]):
+        """Name a version: tagged versions are never pruned."""
+        station.store.tag_version(version, name)
+        return {"version": version, "tag": name.strip()}
 
     @app.get("/api/knowledge", response_class=Response,
              responses={200: {"content": {"application/octet-stream": {}}}})

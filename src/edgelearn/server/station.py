@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 
 from edgelearn.backbones import build_backbone
-from edgelearn.errors import EdgelearnError
 from edgelearn.explain import HeatMapper, expected_calibration_error, get_similarity, nearest, overlay, png_bytes
 from edgelearn.explain.calibration import OnlineTemperature
 from edgelearn.knowledge import TrustStore
@@ -54,6 +53,9 @@ class StationConfig:
     queue_below: float = 0.5  # predictions less confident than this wait in the labelling queue
     checkpoint_every: int = 500  # events; bounds the replay on start
     trust: Path | None = None  # folder of trusted sites' public keys: imports must be signed by one
+    keep_versions: int = 50  # versions that keep their package (plus tagged ones, the active one and its parent)
+    keep_events: int = 10_000  # feedback log: the newest events (plus those the active version replays)
+    keep_resolved: int = 1_000  # labelled, dismissed or expired queue items (and their images)
 
     @property
     def store_path(self) -> Path:
@@ -63,8 +65,10 @@ class StationConfig:
 class Station:
     def __init__(self, config: StationConfig):
         self.config = config
-        self.store = Store(config.store_path)
+        self.store = Store(config.store_path, keep_versions=config.keep_versions, keep_events=config.keep_events,
+                           keep_resolved=config.keep_resolved)
         self._lock = threading.RLock()  # guards self.rec's learner and the order of store writes
+        self._heat_lock = threading.Lock()  # Grad-CAM hooks the one shared model: one heat map at a time
         self.rec = self._open()
         self._heat: HeatMapper | None = None
         self._signatures: dict[int, object] = {}
@@ -83,6 +87,7 @@ class Station:
     # -- start ----------------------------------------------------------------------------------------
     def _open(self) -> Recognizer:
         c = self.config
+        self.store.check_active_version()  # a damaged store is an error, never a new empty station
         version = self.store.active_version
         if version is None:
             rec = Recognizer.create(c.backbone, learner=c.learner, weights=c.weights, input_size=c.input_size,
@@ -126,14 +131,15 @@ class Station:
 
     def heatmap(self, image: Image.Image, label: str) -> str:
         """A PNG data URL: Grad-CAM of ``label`` over the crop the backbone sees."""
-        if self._heat is None:
-            self._heat = HeatMapper(self.rec.backbone)
 
         def gradient(f0):
             with self._lock:
                 return self.rec.learner.logit_gradient(f0, label)
 
-        heat = self._heat.heat(image, gradient)
+        with self._heat_lock:
+            if self._heat is None:
+                self._heat = HeatMapper(self.rec.backbone)
+            heat = self._heat.heat(image, gradient)
         data = png_bytes(overlay(self._heat.crop(image), heat))
         return "data:image/png;base64," + base64.b64encode(data).decode()
 
@@ -211,18 +217,17 @@ class Station:
             self.store.set("temperature", temperature)
 
     def label_queue(self, item: int, label: str | None, user: str | None = None) -> dict:
-        """A person labels (or, with ``None``, dismisses) a queued prediction."""
-        row = self.store.queue_item(item)
-        if row["status"] != "open":
-            raise EdgelearnError(f"queue item {item} is already {row['status']}")
-        result = {}
-        if label is not None:
+        """A person labels (or, with ``None``, dismisses) a queued prediction. Resolving the item and its
+        event are one transaction: of several people labelling one item at once, one teaches it, the
+        others get :class:`ConflictError`."""
+        label = check_label(label) if label is not None else None
+        with self._lock, self.store.transaction():
+            row = self.store.resolve(item, label, user)
+            if label is None:
+                return {}
             features = np.frombuffer(row["features"], np.float32)[None, :]
-            result = self._learn_features(features, [check_label(label)], kind="label", user=user,
-                                          predicted=[row["predicted"]], confidence=[row["confidence"]],
-                                          images=[row["image"]] if row["image"] else None)
-        self.store.resolve(item, label, user)
-        return result
+            return self._learn_features(features, [label], kind="label", user=user, predicted=[row["predicted"]],
+                                        confidence=[row["confidence"]], images=[row["image"]] if row["image"] else None)
 
     # -- versions -------------------------------------------------------------------------------------
     def _new_version(self, reason: str, user: str | None, **kwargs) -> int:

@@ -7,7 +7,12 @@
   ``active version + its events replayed in order``, so an event is learned once it is committed:
   a crash before the commit loses an unconfirmed request, a crash after it loses nothing.
 - ``concepts`` (the label hierarchy), ``sites`` (where imported knowledge came from), ``queue``
-  (low-confidence predictions waiting for a person), ``thumbnails`` (opt-in, bounded per class).
+  (low-confidence predictions waiting for a person), ``thumbnails`` (opt-in, bounded per class),
+  ``idempotency`` (the first answer to each retried write request).
+
+Every part is bounded: the last ``keep_versions`` versions keep their packages (tagged ones, the
+active one and its parent always do; older rows stay as history), the newest ``keep_events`` events
+plus those the active version replays, the newest ``keep_resolved`` resolved or expired queue items.
 
 Schema changes are numbered migrations applied in order (``PRAGMA user_version``).
 """
@@ -17,13 +22,15 @@ import hashlib
 import json
 import os
 import sqlite3
+import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
-from edgelearn.errors import EdgelearnError, NotFoundError
-from edgelearn.files import private_folder
+from edgelearn.errors import ConflictError, EdgelearnError, GoneError, ModelFileError, NotFoundError, StoreError
+from edgelearn.files import parse_container, private_folder
 
 MIGRATIONS = [
     """
@@ -47,6 +54,14 @@ MIGRATIONS = [
                              features BLOB NOT NULL, image BLOB NOT NULL);
     CREATE INDEX thumbnails_by_label ON thumbnails(label);
     """,
+    """
+    ALTER TABLE versions ADD COLUMN tag TEXT;
+    ALTER TABLE versions ADD COLUMN pruned_at TEXT;
+    CREATE TABLE idempotency (key TEXT NOT NULL, route TEXT NOT NULL, credential TEXT NOT NULL,
+                              created_at TEXT NOT NULL, status INTEGER NOT NULL, response TEXT NOT NULL,
+                              PRIMARY KEY (key, route, credential));
+    CREATE INDEX idempotency_by_time ON idempotency(created_at);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 FEEDBACK_KINDS = ("teach", "confirm", "correct", "label")
@@ -63,9 +78,17 @@ def feature_hash(vector: np.ndarray) -> str:
 class Store:
     """The station's SQLite file. Thread-safe: one connection, one lock, short transactions."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, keep_versions: int = 50, keep_events: int = 10_000,
+                 keep_resolved: int = 1_000, keep_answers: int = 10_000, answers_for_s: float = 86_400,
+                 checkpoint_s: float = 60):
         self.path = Path(path)
+        if self.path.is_file() and self.path.stat().st_size == 0:
+            raise StoreError(f"{self.path} is an empty file, not a store: its data is lost or it was never written "
+                             "(restore a backup, or delete the file to start a new station)")
         private_folder(self.path.parent)
+        self.keep_versions, self.keep_events, self.keep_resolved = keep_versions, keep_events, keep_resolved
+        self.keep_answers, self.answers_for_s, self.checkpoint_s = keep_answers, answers_for_s, checkpoint_s
+        self._last_checkpoint = time.monotonic()
         self._lock = threading.RLock()
         try:
             self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
@@ -97,6 +120,10 @@ class Store:
     def _transaction(self):
         return _Transaction(self._db, self._lock)
 
+    def transaction(self):
+        """One transaction around several store calls (they join it): all of them commit, or none."""
+        return self._transaction()
+
     def _query(self, sql: str, args=()) -> list[sqlite3.Row]:
         with self._lock:
             cur = self._db.execute(sql, args)
@@ -122,7 +149,20 @@ class Store:
                 "INSERT INTO versions (created_at, reason, parent, user, site, classes, examples, package) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (now(), reason, parent, user, site, classes, examples, package))
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('active_version', ?)", (str(cur.lastrowid),))
+            self._prune_versions_and_events()
         return int(cur.lastrowid)
+
+    def _prune_versions_and_events(self) -> None:
+        """Drop the packages of versions beyond the newest ``keep_versions`` (never a tagged one, the active
+        one or its parent; the row stays as history), and events beyond the newest ``keep_events`` that the
+        active version does not replay."""
+        active = self.get("active_version")
+        self._db.execute(
+            "UPDATE versions SET package = X'', pruned_at = ? WHERE pruned_at IS NULL AND tag IS NULL "
+            "AND id <= (SELECT id FROM versions ORDER BY id DESC LIMIT 1 OFFSET ?) AND id != ? "
+            "AND id IS NOT (SELECT parent FROM versions WHERE id = ?)", (now(), self.keep_versions, active, active))
+        self._db.execute("DELETE FROM events WHERE base_version != ? AND id <= "
+                         "(SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?)", (active, self.keep_events))
 
     @property
     def active_version(self) -> int | None:
@@ -131,13 +171,36 @@ class Store:
     def versions(self) -> list[dict]:
         """All versions, newest first, without their packages."""
         return self._query("SELECT id, created_at, reason, parent, user, site, classes, examples, "
-                           "length(package) AS bytes FROM versions ORDER BY id DESC")
+                           "length(package) AS bytes, tag, pruned_at FROM versions ORDER BY id DESC")
 
     def package(self, version: int) -> bytes:
-        rows = self._query("SELECT package FROM versions WHERE id = ?", (version,))
+        rows = self._query("SELECT package, pruned_at FROM versions WHERE id = ?", (version,))
         if not rows:
             raise NotFoundError(f"there is no knowledge version {version}")
+        if rows[0]["pruned_at"]:
+            raise GoneError(f"knowledge version {version} was pruned on {rows[0]['pruned_at'][:10]} (the station "
+                            f"keeps the last {self.keep_versions} versions and tagged ones); its package is gone")
         return rows[0]["package"]
+
+    def tag_version(self, version: int, tag: str) -> None:
+        """Name a version; a tagged version is never pruned."""
+        tag = tag.strip()
+        if not tag or len(tag) > 100 or not tag.isprintable():
+            raise ValueError("a version tag is 1 to 100 printable characters")
+        with self._transaction():
+            self.package(version)  # exists and still has its package
+            self._db.execute("UPDATE versions SET tag = ? WHERE id = ?", (tag, version))
+
+    def check_active_version(self) -> None:
+        """Refuse a store that has knowledge but no usable active version: never start as an empty station."""
+        active = self.get("active_version")
+        if active is None and (self.count("versions") or self.count("events")):
+            raise StoreError(f"{self.path} holds {self.count('versions')} versions and {self.count('events')} events "
+                             "but names no active version: it is damaged (restore a backup)")
+        if active is not None and not self._query("SELECT 1 FROM versions WHERE id = ? AND pruned_at IS NULL",
+                                                  (active,)):
+            raise StoreError(f"{self.path}: the active knowledge version {active} is missing: the store is damaged "
+                             "(restore a backup)")
 
     # -- feedback events ----------------------------------------------------------------------------
     def add_events(self, kind: str, labels: list[str], features: np.ndarray, *, user: str | None = None,
@@ -160,11 +223,26 @@ class Store:
                      vector.tobytes(), images[i]))
                 ids.append(int(cur.lastrowid))
             self._add_concepts(labels)
+        self._checkpoint_now_and_then()
         return ids
 
+    def _checkpoint_now_and_then(self) -> None:
+        """Copy the WAL into the main file every ``checkpoint_s`` (PASSIVE: never waits for readers), so the
+        main file alone is recent and the WAL stays small between restarts."""
+        with self._lock:
+            if time.monotonic() - self._last_checkpoint >= self.checkpoint_s and not self._db.in_transaction:
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                self._last_checkpoint = time.monotonic()
+
     def replay(self, version: int) -> tuple[np.ndarray, list[str]]:
-        """The features and labels recorded on top of ``version``, in order."""
-        rows = self._query("SELECT label, features FROM events WHERE base_version = ? ORDER BY id", (version,))
+        """The features and labels recorded on top of ``version``, in order; an event whose features do not
+        match their stored hash (altered or damaged) raises :class:`StoreError` naming it."""
+        rows = self._query("SELECT id, label, feature_hash, features FROM events WHERE base_version = ? ORDER BY id",
+                           (version,))
+        for r in rows:
+            if feature_hash(np.frombuffer(r["features"], np.float32)) != r["feature_hash"]:
+                raise StoreError(f"{self.path}: event {r['id']} ({r['label']!r}) was altered or damaged: its features "
+                                 "do not match their hash; `edgelearn store check --repair` drops it")
         if not rows:
             return np.zeros((0, 0), np.float32), []
         return np.stack([np.frombuffer(r["features"], np.float32) for r in rows]), [r["label"] for r in rows]
@@ -226,7 +304,13 @@ class Store:
                                               image))
             self._db.execute("UPDATE queue SET status = 'expired' WHERE status = 'open' AND id NOT IN "
                              "(SELECT id FROM queue WHERE status = 'open' ORDER BY id DESC LIMIT ?)", (max_open,))
+            self._prune_queue()
         return int(cur.lastrowid)
+
+    def _prune_queue(self) -> None:
+        """Resolved and expired items (and their images) beyond the newest ``keep_resolved`` go."""
+        self._db.execute("DELETE FROM queue WHERE status != 'open' AND id <= (SELECT id FROM queue "
+                         "WHERE status != 'open' ORDER BY id DESC LIMIT 1 OFFSET ?)", (self.keep_resolved,))
 
     def queue(self, status: str = "open", limit: int = 50) -> list[dict]:
         return self._query("SELECT id, created_at, predicted, confidence, status, label, feature_hash, "
@@ -242,11 +326,19 @@ class Store:
             raise NotFoundError(f"there is no queue item {item}")
         return rows[0]
 
-    def resolve(self, item: int, label: str | None, user: str | None = None) -> None:
-        """Mark a queue item labelled (``label``) or dismissed (``None``)."""
+    def resolve(self, item: int, label: str | None, user: str | None = None) -> dict:
+        """Mark an open queue item labelled (``label``) or dismissed (``None``) and return it; an item that
+        is no longer open raises :class:`ConflictError` (someone else was first). Call it inside
+        :meth:`transaction` with the event it leads to, so that the item is learned once."""
         with self._transaction():
-            self._db.execute("UPDATE queue SET status = ?, label = ?, resolved_at = ?, user = ? WHERE id = ?",
-                             ("labelled" if label else "dismissed", label, now(), user, item))
+            row = self.queue_item(item)
+            cur = self._db.execute("UPDATE queue SET status = ?, label = ?, resolved_at = ?, user = ? "
+                                   "WHERE id = ? AND status = 'open'",
+                                   ("labelled" if label else "dismissed", label, now(), user, item))
+            if cur.rowcount != 1:
+                raise ConflictError(f"queue item {item} is already {row['status']}")
+            self._prune_queue()
+        return row
 
     # -- thumbnails (opt-in) --------------------------------------------------------------------------
     def add_thumbnail(self, label: str, image: bytes, features: np.ndarray, max_per_class: int) -> int:
@@ -280,10 +372,73 @@ class Store:
             raise NotFoundError(f"there is no thumbnail {item}")
         return rows[0]["image"]
 
+    # -- idempotent requests ----------------------------------------------------------------------------
+    def answer(self, key: str, route: str, credential: str) -> tuple[int, str] | None:
+        """The stored ``(status, JSON body)`` of the first request with this key, route and credential."""
+        rows = self._query("SELECT status, response FROM idempotency WHERE key = ? AND route = ? AND credential = ? "
+                           "AND created_at >= ?", (key, route, credential, _ago(self.answers_for_s)))
+        return (rows[0]["status"], rows[0]["response"]) if rows else None
+
+    def remember_answer(self, key: str, route: str, credential: str, status: int, response: str) -> None:
+        """Keep a request's answer for its retries: for ``answers_for_s`` seconds, at most ``keep_answers``."""
+        with self._transaction():
+            self._db.execute("INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?, ?, ?)",
+                             (key, route, credential, now(), status, response))
+            self._db.execute("DELETE FROM idempotency WHERE created_at < ? OR rowid <= (SELECT rowid FROM "
+                             "idempotency ORDER BY rowid DESC LIMIT 1 OFFSET ?)",
+                             (_ago(self.answers_for_s), self.keep_answers))
+
+    # -- maintenance ----------------------------------------------------------------------------------
+    def backup(self, target: str | os.PathLike) -> Path:
+        """A consistent copy of the store, made while it is in use (SQLite's online backup), mode 0600;
+        written beside ``target`` and renamed over it, so ``target`` is never half a copy."""
+        target = Path(target)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)  # mode 0600
+        os.close(fd)
+        try:
+            copy = sqlite3.connect(tmp)
+            with self._lock:
+                self._db.backup(copy)
+            copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+            copy.close()
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
+    def check(self, repair: bool = False) -> list[str]:
+        """Problems found: SQLite's integrity check, events whose features do not match their hash,
+        version packages that do not parse, no usable active version. ``repair`` drops the bad events
+        (the problem then reads "dropped ...")."""
+        problems = [f"sqlite: {row['integrity_check']}" for row in self._query("PRAGMA integrity_check")
+                    if row["integrity_check"] != "ok"]
+        for r in self._query("SELECT id, label, feature_hash, features FROM events ORDER BY id"):
+            if feature_hash(np.frombuffer(r["features"], np.float32)) != r["feature_hash"]:
+                if repair:
+                    with self._transaction():
+                        self._db.execute("DELETE FROM events WHERE id = ?", (r["id"],))
+                problems.append(f"{'dropped ' if repair else ''}event {r['id']} ({r['label']!r}): its features do "
+                                "not match their hash (altered or damaged)")
+        for r in self._query("SELECT id, package FROM versions WHERE pruned_at IS NULL ORDER BY id"):
+            try:
+                parse_container(r["package"], f"knowledge version {r['id']}")
+            except ModelFileError as exc:
+                problems.append(str(exc))
+        try:
+            self.check_active_version()
+        except StoreError as exc:
+            problems.append(str(exc))
+        return problems
+
     def close(self) -> None:
         with self._lock:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
+
+
+def _ago(seconds: float) -> str:
+    return (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
 
 
 class _Transaction:
