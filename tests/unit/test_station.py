@@ -1,4 +1,5 @@
 import io
+import threading
 import zipfile
 
 import cv2
@@ -10,6 +11,7 @@ from PIL import Image
 from edgelearn import Recognizer
 from edgelearn.data.frames import extract_dataset, read_frames
 from edgelearn.errors import DatasetError, EdgelearnError, ImageError, IncompatibleError
+from edgelearn.learners import StreamingLDA
 from edgelearn.server import Station, StationConfig, default_data_dir, station_token
 from edgelearn.server.tls import fingerprint, self_signed
 from edgelearn.server.uploads import labelled_images
@@ -276,3 +278,39 @@ def test_unknown_below_the_threshold_still_lists_the_closest_classes(tmp_path):
     relaxed = Station(config(tmp_path, unknown_below=0))  # a setting of the station, not of its knowledge
     assert relaxed.predict(colour_image("red", 77), enqueue=False)["label"] == "red"
     relaxed.close()
+
+
+def test_predictions_never_wait_for_learning(station, monkeypatch):
+    """While a learn re-solves SLDA's weights, predictions answer from the knowledge before it;
+    once the learn returned, every prediction sees the new class."""
+    teach(station, "red")
+    teach(station, "blue")
+    solving, release = threading.Event(), threading.Event()
+    weights = StreamingLDA._weights
+
+    def slow_weights(self):  # the teacher's solve takes as long as the test wants
+        if threading.current_thread().name == "teacher" and getattr(self, "_linear", None) is None:
+            solving.set()
+            release.wait(timeout=60)
+        return weights(self)
+
+    def teach_green_and_blue():
+        station.learn([colour_image("green", 1), colour_image("blue", 5)], ["green", "blue"])
+
+    monkeypatch.setattr(StreamingLDA, "_weights", slow_weights)
+    teacher = threading.Thread(target=teach_green_and_blue, name="teacher")
+    answers = []
+    predictor = threading.Thread(target=lambda: answers.append(station.predict(colour_image("blue", 7))))
+    teacher.start()
+    try:
+        assert solving.wait(timeout=30), "the learner never solved"
+        predictor.start()
+        predictor.join(timeout=30)
+        assert answers, "a prediction waited for the learner's solve"
+    finally:
+        release.set()
+        teacher.join(timeout=60)
+    predictor.join(timeout=60)
+    assert answers[0]["label"] == "blue" and answers[0]["known_classes"] == 2
+    after = station.predict(colour_image("green", 9))
+    assert after["label"] == "green" and after["known_classes"] == 3
