@@ -90,8 +90,10 @@ class Station:
         new weights are computed (under the write lock), so a prediction never waits for learning
         and one issued after a write returned sees it."""
         rec = self.rec
-        with self._blas.limit(limits=1, user_api="blas"):  # leave the other cores to predictions: an
-            frozen = rec.learner.snapshot()  # OpenBLAS solve on cores the backbone uses is 5x slower
+        # one BLAS thread: OpenBLAS spreading the solve over cores the backbone is using made it
+        # 5x slower (660 vs 100 ms, loaded 2-core machine) and stalled predictions
+        with self._blas.limit(limits=1, user_api="blas"):
+            frozen = rec.learner.snapshot()  # SLDA solves here, off the prediction path
         self._view = Recognizer(rec.backbone, frozen, fingerprint=rec.fingerprint, temperature=rec.temperature)
 
     # -- start ----------------------------------------------------------------------------------------
