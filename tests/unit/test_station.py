@@ -91,6 +91,7 @@ def test_consolidate_and_rollback_are_versions(station):
     assert station.predict(colour_image("blue", 9))["label"] == "blue"
     result = station.rollback(v_red)
     assert result["classes"] == ["red"] and result["version"] > v_red
+    assert station.predict(colour_image("blue", 9))["known_classes"] == 1  # predictions follow the rollback
     assert station.store.versions()[0]["reason"] == f"rollback to version {v_red}"
     with pytest.raises(EdgelearnError, match="no knowledge version"):
         station.rollback(999)
