@@ -200,3 +200,37 @@ def test_the_papers_literal_updater_grows_more_representations():
     tracking = FuzzyArtmap().partial_fit(X[order], y[order])
     literal = FuzzyArtmap(match_tracking=False).partial_fit(X[order], y[order])
     assert literal.n_representations > 2 * tracking.n_representations
+
+
+def test_snapshots_predict_as_the_learner_did_and_ignore_later_learning(kind):
+    X, y = blobs(n_classes=4, per_class=20)
+    first = np.isin(y, np.unique(y)[:3])
+    learner = make_learner(kind).partial_fit(X[first], y[first])
+    logits, gradient = learner.predict_logits(X), learner.logit_gradient(X[:3], y[0])
+    frozen = learner.snapshot()
+    learner.partial_fit(X, y)  # more examples of every class, and a new one
+    assert len(frozen.classes_) == 3 and len(learner.classes_) == 4
+    np.testing.assert_array_equal(frozen.predict_logits(X), logits)
+    np.testing.assert_array_equal(frozen.logit_gradient(X[:3], y[0]), gradient)
+    np.testing.assert_array_equal(learner.snapshot().predict_logits(X), learner.predict_logits(X))
+
+
+@pytest.mark.parametrize("shrinkage", [0.5, 0.05, 1e-3])
+def test_slda_weights_equal_the_float64_solve(shrinkage):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 256)) ** 2  # non-negative, skewed, fewer examples than a full-rank scatter needs
+    y = rng.integers(0, 10, len(X))
+    X[:, :10] += np.eye(10)[y] * 2
+    slda = StreamingLDA(shrinkage).partial_fit(X, y)
+    slda._flush()
+    d, n = X.shape[1], slda.counts_.sum()
+    cov = slda.scatter_ / n
+    cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / d * np.eye(d)
+    W64 = np.linalg.solve(cov, slda.means_.T).T
+    b64 = -0.5 * (W64 * slda.means_).sum(axis=1)
+    U = X / np.linalg.norm(X, axis=1, keepdims=True)
+    logits64 = U @ W64.T + b64
+    W, b = slda._weights()
+    np.testing.assert_allclose(W, W64, rtol=1e-5, atol=1e-5 * np.abs(W64).max())
+    np.testing.assert_allclose(slda.predict_logits(X), logits64, rtol=1e-4, atol=1e-4 * np.abs(logits64).max())
+    np.testing.assert_array_equal(slda.predict_logits(X).argmax(1), logits64.argmax(1))

@@ -1,5 +1,6 @@
 import io
 import sqlite3
+import threading
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,6 +16,7 @@ from edgelearn import Recognizer
 from edgelearn.cli import app as cli_app
 from edgelearn.data.frames import extract_dataset, read_frames
 from edgelearn.errors import ConflictError, DatasetError, EdgelearnError, ImageError, IncompatibleError, StoreError
+from edgelearn.learners import StreamingLDA
 from edgelearn.server import Station, StationConfig, create_app, default_data_dir, station_token
 from edgelearn.server.tls import fingerprint, self_signed
 from edgelearn.server.uploads import labelled_images
@@ -95,6 +97,7 @@ def test_consolidate_and_rollback_are_versions(station):
     assert station.predict(colour_image("blue", 9))["label"] == "blue"
     result = station.rollback(v_red)
     assert result["classes"] == ["red"] and result["version"] > v_red
+    assert station.predict(colour_image("blue", 9))["known_classes"] == 1  # predictions follow the rollback
     assert station.store.versions()[0]["reason"] == f"rollback to version {v_red}"
     with pytest.raises(EdgelearnError, match="no knowledge version"):
         station.rollback(999)
@@ -401,3 +404,39 @@ def test_api_second_label_of_a_queue_item_is_a_409(tmp_path):
     second = client.post(f"/api/queue/{item['id']}", headers=auth, data={"label": "green"})
     assert second.status_code == 409 and "already labelled" in second.json()["detail"]
     station.close()
+
+
+def test_predictions_never_wait_for_learning(station, monkeypatch):
+    """While a learn re-solves SLDA's weights, predictions answer from the knowledge before it;
+    once the learn returned, every prediction sees the new class."""
+    teach(station, "red")
+    teach(station, "blue")
+    solving, release = threading.Event(), threading.Event()
+    weights = StreamingLDA._weights
+
+    def slow_weights(self):  # the teacher's solve takes as long as the test wants
+        if threading.current_thread().name == "teacher" and getattr(self, "_linear", None) is None:
+            solving.set()
+            release.wait(timeout=60)
+        return weights(self)
+
+    def teach_green_and_blue():
+        station.learn([colour_image("green", 1), colour_image("blue", 5)], ["green", "blue"])
+
+    monkeypatch.setattr(StreamingLDA, "_weights", slow_weights)
+    teacher = threading.Thread(target=teach_green_and_blue, name="teacher")
+    answers = []
+    predictor = threading.Thread(target=lambda: answers.append(station.predict(colour_image("blue", 7))))
+    teacher.start()
+    try:
+        assert solving.wait(timeout=30), "the learner never solved"
+        predictor.start()
+        predictor.join(timeout=30)
+        assert answers, "a prediction waited for the learner's solve"
+    finally:
+        release.set()
+        teacher.join(timeout=60)
+    predictor.join(timeout=60)
+    assert answers[0]["label"] == "blue" and answers[0]["known_classes"] == 2
+    after = station.predict(colour_image("green", 9))
+    assert after["label"] == "green" and after["known_classes"] == 3

@@ -5,6 +5,7 @@ and river (one batch of the stream at a time; new labels may appear at any time)
 Labels are ``str`` or ``int`` so that state dicts stay JSON-able.
 """
 
+import copy
 import inspect
 from typing import Any, ClassVar
 
@@ -109,6 +110,19 @@ class Learner:
     def consolidate(self, strategy: str = "final", **kwargs) -> "Learner":
         """Shrink memory. Learners with one summary per class have nothing to shrink."""
         return self
+
+    def snapshot(self) -> "Learner":
+        """A frozen copy that predicts and explains as this learner does now, sharing nothing that
+        learning changes: a server's predictions read it without a lock while this learner learns on.
+        It is for predicting only (it may lack what learning, merging and saving need)."""
+        twin = copy.copy(self)
+        if hasattr(self, "classes_"):
+            twin.__dict__.update(classes_=list(self.classes_), _index=None, **self._frozen_state())
+        return twin
+
+    def _frozen_state(self) -> dict:
+        """Copies of the attributes learning changes in place; subclasses may keep only what predicting reads."""
+        return {name: getattr(self, name).copy() for name in self._arrays}
 
     # -- merging ------------------------------------------------------------------------------------
     def merge(self, *others: "Learner") -> "Learner":

@@ -14,6 +14,7 @@ shrinkage 1e-4 gives 73 % at 96 px; 0.5 with normalisation gives 90 % (benchmark
 from functools import lru_cache
 
 import numpy as np
+from scipy.linalg import LinAlgError, cho_factor, cho_solve
 
 from edgelearn.learners.base import Learner, chan_update, normalized_gradient
 
@@ -138,14 +139,20 @@ class StreamingLDA(Learner):
         """The linear classifier ``(W, b)`` of the current state, computed once per change."""
         if getattr(self, "_linear", None) is None:
             self._flush()
-            d = self.n_features_in_
-            cov = self.scatter_ / max(self.counts_.sum(), 1)
-            target = max(np.trace(cov) / d, 1e-12)
-            cov = (1 - self.shrinkage) * cov + self.shrinkage * target * np.eye(d)
-            W = np.linalg.solve(cov, self.means_.T).T  # (C, D) = means @ inv(cov)
+            d, n = self.n_features_in_, max(self.counts_.sum(), 1)
+            target = max(np.trace(self.scatter_) / n / d, 1e-12)
+            cov = self.scatter_ * ((1 - self.shrinkage) / n)
+            cov[np.diag_indices(d)] += self.shrinkage * target
+            W = solve_spd(cov, self.means_.T).T  # (C, D) = means @ inv(cov)
             b = -0.5 * (W * self.means_).sum(axis=1)
             self._linear = (W.astype(np.float32), b.astype(np.float32))
         return self._linear
+
+    def _frozen_state(self) -> dict:
+        """Predicting reads only ``(W, b)``: the snapshot carries those, not the d x d scatter."""
+        W, b = self._weights()
+        return {"_linear": (W, b), "counts_": self.counts_.copy(), "means_": self.means_.copy(),
+                "scatter_": None, "_pending": None}
 
     def _logit_gradient(self, X: np.ndarray, c: int) -> np.ndarray:
         w = self._weights()[0][c].astype(np.float64)
@@ -154,3 +161,21 @@ class StreamingLDA(Learner):
     def _scores(self, X: np.ndarray) -> np.ndarray:
         W, b = self._weights()
         return (self._prepare(X).astype(np.float32) @ W.T + b).astype(np.float64)
+
+
+def solve_spd(A: np.ndarray, B: np.ndarray, max_steps: int = 4) -> np.ndarray:
+    """``inv(A) @ B`` for a symmetric positive definite ``A`` (a shrunk covariance) to float64
+    accuracy in about half the time of ``np.linalg.solve``: a float32 Cholesky factor, then
+    iterative refinement with float64 residuals until the correction is below float32 resolution
+    (two steps for the default shrinkage). Falls back to the float64 solve where float32 is not enough."""
+    try:
+        factor = cho_factor(A.astype(np.float32), check_finite=False)
+    except LinAlgError:  # not positive definite in float32 (little or no shrinkage)
+        return np.linalg.solve(A, B)
+    X = np.zeros_like(B, dtype=np.float64)
+    for _ in range(max_steps):
+        step = cho_solve(factor, (B - A @ X).astype(np.float32), check_finite=False)
+        X += step
+        if np.abs(step).max() <= 1e-7 * np.abs(X).max():
+            return X
+    return np.linalg.solve(A, B)  # refinement does not converge: too ill-conditioned for float32

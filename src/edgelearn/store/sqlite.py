@@ -376,7 +376,7 @@ class Store:
     def answer(self, key: str, route: str, credential: str) -> tuple[int, str] | None:
         """The stored ``(status, JSON body)`` of the first request with this key, route and credential."""
         rows = self._query("SELECT status, response FROM idempotency WHERE key = ? AND route = ? AND credential = ? "
-                           "AND created_at >= ?", (key, route, credential, _ago(self.answers_for_s)))
+                           "AND created_at > ?", (key, route, credential, _ago(self.answers_for_s)))
         return (rows[0]["status"], rows[0]["response"]) if rows else None
 
     def remember_answer(self, key: str, route: str, credential: str, status: int, response: str) -> None:
