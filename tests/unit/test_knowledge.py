@@ -7,7 +7,7 @@ import pytest
 
 from edgelearn.errors import IncompatibleError, ModelFileError, SignatureError
 from edgelearn.files import atomic_write_bytes, container_bytes, read_container
-from edgelearn.knowledge import SiteKey, TrustStore
+from edgelearn.knowledge import ImportPolicy, SiteKey, TrustStore
 from edgelearn.learners import make_learner
 from edgelearn.recognizer import Recognizer
 from tests.conftest import blobs
@@ -40,15 +40,15 @@ def test_signed_package_from_a_trusted_site_loads(tmp_path, keys):
     path = site().save(tmp_path / "a.edge", key=a)
     manifest, _ = read_container(path)
     assert manifest["site"] == "plant-a" and manifest["signature"]["algorithm"] == "ed25519"
-    assert load(path, trust=trust, require_signature=True).classes == ["c0", "c1"]
+    assert load(path, policy=ImportPolicy(trust)).classes == ["c0", "c1"]
 
 
 def test_untrusted_signer_unsigned_and_resigned_packages_are_refused(tmp_path, keys):
     _, b, trust = keys
     with pytest.raises(SignatureError, match="not in the trust list"):
-        load(site().save(tmp_path / "b.edge", key=b), trust=trust, require_signature=True)
+        load(site().save(tmp_path / "b.edge", key=b), policy=ImportPolicy(trust))
     with pytest.raises(SignatureError, match="not signed"):
-        load(site().save(tmp_path / "u.edge"), trust=trust, require_signature=True)
+        load(site().save(tmp_path / "u.edge"), policy=ImportPolicy(trust))
     # someone edits a signed package and fixes the integrity hash, but cannot sign as plant-a
     a = keys[0]
     path = site().save(tmp_path / "a.edge", key=a)
@@ -59,7 +59,7 @@ def test_untrusted_signer_unsigned_and_resigned_packages_are_refused(tmp_path, k
     manifest["integrity"]["sha256"] = digest(manifest, arrays)
     atomic_write_bytes(path, container_bytes(manifest, arrays))
     with pytest.raises(SignatureError, match="altered"):
-        load(path, trust=trust, require_signature=True)
+        load(path, policy=ImportPolicy(trust))
 
 
 def test_every_flipped_byte_is_refused(tmp_path):

@@ -124,7 +124,7 @@ def test_low_confidence_predictions_wait_in_the_queue_and_labelling_learns_them(
 
 
 def test_export_import_merges_and_refuses_other_backbones(tmp_path):
-    a = Station(config(tmp_path / "a"))
+    a = Station(config(tmp_path / "a", allow_unsigned=True))
     b = Station(config(tmp_path / "b"))
     teach(a, "red")
     teach(b, "blue")
