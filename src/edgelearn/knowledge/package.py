@@ -72,7 +72,10 @@ class ImportPolicy:
         if self.trust is None:
             raise SignatureError(f"{path}: signed by site {signature['site']!r}, but there is no trust folder to "
                                  "check it (give --trust DIR holding that site's .pub key)")
-        return self.trust.verify(manifest["integrity"]["sha256"].encode(), signature)
+        try:
+            return self.trust.verify(manifest["integrity"]["sha256"].encode(), signature)
+        except SignatureError as exc:
+            raise SignatureError(f"{path}: {exc}") from None
 
 
 def read_package(path: str | os.PathLike, *, policy: ImportPolicy | None = None) -> tuple[dict, dict[str, np.ndarray]]:
