@@ -391,6 +391,8 @@ def serve(
         tls_cert, tls_key = self_signed(data, [host])
     if representatives != "feature":
         get_similarity(representatives)  # an unknown method fails now, not at the first prediction
+    if trust is not None:
+        TrustStore.load(trust)  # a missing trust folder fails now, not at the first import
     config = StationConfig(data, backbone, _default_weights(weights), input_size, learner.replace("-", "_"),
                            runtime, keep_images, representatives=representatives, unknown_below=unknown_below,
                            queue_below=queue_below, trust=trust, allow_unsigned=allow_unsigned)
