@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks import common  # noqa: E402
 from edgelearn.evaluation import evaluate_features, learn_stream  # noqa: E402
-from edgelearn.knowledge import SiteKey, TrustStore  # noqa: E402
+from edgelearn.knowledge import ImportPolicy, SiteKey, TrustStore  # noqa: E402
 from edgelearn.learners import make_learner  # noqa: E402
 from edgelearn.recognizer import Recognizer  # noqa: E402
 
@@ -47,7 +47,7 @@ class Exchange:
         return path, path.stat().st_size
 
     def receive(self, path: Path) -> Recognizer:
-        return Recognizer.load(path, with_backbone=False, trust=self.trust, require_signature=True)
+        return Recognizer.load(path, with_backbone=False, policy=ImportPolicy(self.trust))
 
 
 def site_learners(kind, X, y, assignment, seed, fingerprint):

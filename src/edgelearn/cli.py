@@ -19,7 +19,7 @@ from edgelearn.backbones import WEIGHTS_ENV
 from edgelearn.data import FeatureCache, FolderDataset
 from edgelearn.errors import EdgelearnError
 from edgelearn.evaluation import CONSOLIDATION, evaluate_features, learn_stream
-from edgelearn.knowledge import SiteKey, TrustStore
+from edgelearn.knowledge import ImportPolicy, SiteKey, TrustStore
 from edgelearn.recognizer import Recognizer
 
 app = typer.Typer(help="Image recognition that keeps learning on the edge.", no_args_is_help=True,
@@ -212,7 +212,8 @@ def merge(
     packages: Annotated[list[Path], typer.Argument(help="Knowledge packages (.edge) of several sites.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to save the merged knowledge.")],
     trust: Annotated[Path | None, typer.Option(help="Folder of trusted sites' public keys (<site>.pub).")] = None,
-    allow_unsigned: Annotated[bool, typer.Option(help="Accept unsigned packages (no signature check).")] = False,
+    allow_unsigned: Annotated[bool, typer.Option(help="Also accept unsigned packages (signed ones are still "
+                                                      "checked, against --trust).")] = False,
     consolidate: Annotated[bool, typer.Option(help="Fuzzy ARTMAP: one representation per class after.")] = False,
     key: Key = None,
     as_json: Json = False,
@@ -220,9 +221,8 @@ def merge(
     """Merge what several sites learned into one package; the result does not depend on the order."""
     if trust is None and not allow_unsigned:
         raise ValueError("give --trust DIR (public keys of trusted sites) or --allow-unsigned")
-    store = TrustStore.load(trust) if trust is not None else None
-    recs = [Recognizer.load(p, with_backbone=False, trust=store, require_signature=not allow_unsigned)
-            for p in packages]
+    policy = ImportPolicy(TrustStore.load(trust) if trust is not None else None, allow_unsigned)
+    recs = [Recognizer.load(p, with_backbone=False, policy=policy) for p in packages]
     merged = recs[0].merge(*recs[1:])
     if consolidate:
         merged.consolidate()
@@ -247,6 +247,8 @@ def federate(
     consolidate: Annotated[bool, typer.Option(help="Fuzzy ARTMAP: consolidate the merged knowledge.")] = False,
     keys: Annotated[Path | None, typer.Option(help="Folder with <site>.key per site and server.key: sign.")] = None,
     trust: Annotated[Path | None, typer.Option(help="Folder of trusted public keys: verify every package.")] = None,
+    allow_unsigned: Annotated[bool, typer.Option(help="Exchange unsigned packages (without --keys/--trust).")]
+    = False,
     tls: Annotated[bool, typer.Option(help="TLS on every connection (a private CA for loopback).")] = False,
     node_auth: Annotated[bool, typer.Option(help="Only registered SuperNodes may connect (needs --tls).")] = False,
     train: Annotated[str | None, typer.Option(help="Instead of exchanging knowledge, train the network's last "
@@ -270,8 +272,13 @@ def federate(
                             local_epochs=local_epochs, lr=lr, path_fraction=path_fraction, new_classes=new_classes,
                             test=test, tls=tls, node_auth=node_auth, as_json=as_json)
         return
+    if (keys is None or trust is None) and not allow_unsigned:
+        raise ValueError("sites exchange signed knowledge: give --keys DIR (<site>.key per site and server.key) and "
+                         "--trust DIR (their .pub keys), or --allow-unsigned")
+    if keys is not None and trust is None:
+        raise ValueError("--keys signs the packages: give --trust DIR too, so that the signatures can be checked")
     config = {"learner": learner, "backbone": backbone, "weights": weights or "", "input-size": input_size or 0,
-              "consolidate": consolidate}
+              "consolidate": consolidate, "allow-unsigned": allow_unsigned}
     if keys is not None:
         config["keys"] = {name: keys / f"{name}.key" for name in sites}
         config["server-key"] = str((keys / "server.key").resolve())
@@ -360,8 +367,10 @@ def serve(
     = 0.5,
     queue_below: Annotated[float, typer.Option(help="Queue predictions below this confidence for labelling.")]
     = 0.5,
-    trust: Annotated[Path | None, typer.Option(help="Folder of trusted public keys: imports must be signed.")]
-    = None,
+    trust: Annotated[Path | None, typer.Option(help="Folder of trusted sites' public keys (<site>.pub): imports "
+                                               "must be signed by one of them.")] = None,
+    allow_unsigned: Annotated[bool, typer.Option(help="Also accept unsigned imports (without --trust, imports are "
+                                                      "refused otherwise); signed ones are still checked.")] = False,
     max_upload_mb: Annotated[int, typer.Option(help="Largest request (zips, videos), MiB.")] = 200,
     tls: Annotated[bool, typer.Option("--tls", help="HTTPS with a self-signed certificate made in the data "
                                       "folder (its fingerprint is printed: compare it in the browser).")] = False,
@@ -384,9 +393,11 @@ def serve(
         tls_cert, tls_key = self_signed(data, [host])
     if representatives != "feature":
         get_similarity(representatives)  # an unknown method fails now, not at the first prediction
+    if trust is not None:
+        TrustStore.load(trust)  # a missing trust folder fails now, not at the first import
     config = StationConfig(data, backbone, _default_weights(weights), input_size, learner.replace("-", "_"),
                            runtime, keep_images, representatives=representatives, unknown_below=unknown_below,
-                           queue_below=queue_below, trust=trust)
+                           queue_below=queue_below, trust=trust, allow_unsigned=allow_unsigned)
     write_token, new = station_token(data, token)
     station = Station(config)
     err.print(f"station store: {config.store_path} ({len(station.rec.classes)} classes, "

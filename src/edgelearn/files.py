@@ -1,6 +1,7 @@
 """One-file containers: a JSON manifest + named arrays in safetensors (no pickle), written atomically."""
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -14,6 +15,11 @@ from edgelearn.errors import ModelFileError
 
 MANIFEST_KEY = "edgelearn"
 MAX_FILE_BYTES = 2 * 2**30
+MAX_HEADER_BYTES = 64 * 2**20  # the JSON header: manifest + array table (100,000 labels fit)
+MAX_ARRAY_BYTES = 2**30  # all arrays together, as declared in the header
+MAX_DIMS = 8
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4,
+               "U64": 8, "I64": 8, "F64": 8}
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int = 0o644) -> None:
@@ -90,13 +96,43 @@ def parse_container(data: bytes, path) -> tuple[dict, dict[str, np.ndarray]]:
     """Parse the bytes of a container; ``path`` names it in error messages."""
     if len(data) > MAX_FILE_BYTES:
         raise ModelFileError(f"{path}: larger than {MAX_FILE_BYTES // 2**30} GiB, refusing to read it")
+    header = read_header(data, path)
     try:
-        arrays = st_load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8:8 + header_len])
         manifest = json.loads(header["__metadata__"][MANIFEST_KEY])
-    except (SafetensorError, ValueError, KeyError, TypeError) as exc:
+        arrays = st_load(data)
+    except (SafetensorError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ModelFileError(f"{path}: not an edgelearn file, or truncated/damaged ({exc})") from exc
     if not isinstance(manifest, dict):
         raise ModelFileError(f"{path}: malformed manifest")
     return manifest, arrays
+
+
+def read_header(data: bytes, path) -> dict:
+    """The safetensors header (8-byte length + JSON), checked before any array is allocated: the
+    header's length, each array's dtype and shape, and the bytes all arrays would take."""
+    size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if not 0 < size <= min(MAX_HEADER_BYTES, len(data) - 8):
+        raise ModelFileError(f"{path}: not an edgelearn file, or truncated/damaged (header of {size:,} bytes in "
+                             f"a file of {len(data):,}; at most {MAX_HEADER_BYTES // 2**20} MiB)")
+    try:
+        header = json.loads(data[8:8 + size])
+    except (ValueError, RecursionError) as exc:
+        raise ModelFileError(f"{path}: not an edgelearn file, or truncated/damaged (header: {exc})") from None
+    if not isinstance(header, dict) or not isinstance(header.get("__metadata__"), dict):
+        raise ModelFileError(f"{path}: not an edgelearn file (malformed header)")
+    total = sum(_array_bytes(name, entry, path) for name, entry in header.items() if name != "__metadata__")
+    if total > min(MAX_ARRAY_BYTES, len(data) - 8 - size):
+        raise ModelFileError(f"{path}: its arrays would take {total:,} bytes, but the file holds "
+                             f"{len(data) - 8 - size:,} (at most {MAX_ARRAY_BYTES // 2**20} MiB are read)")
+    return header
+
+
+def _array_bytes(name: str, entry, path) -> int:
+    """Bytes one header entry declares; refuses unknown dtypes and malformed shapes."""
+    dtype, shape = (entry.get("dtype"), entry.get("shape")) if isinstance(entry, dict) else (None, None)
+    if dtype not in DTYPE_BYTES:
+        raise ModelFileError(f"{path}: array {name!r} has an unsupported dtype {dtype!r}")
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS \
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise ModelFileError(f"{path}: array {name!r} has a malformed shape {shape!r}")
+    return math.prod(shape) * DTYPE_BYTES[dtype]

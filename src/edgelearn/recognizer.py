@@ -4,6 +4,7 @@ What users hold, save, load and share. Labels are concept paths (``car/interior/
 predictions can be rolled up to any level of that hierarchy. No training image is ever stored.
 """
 
+import copy
 import datetime as dt
 import os
 import unicodedata
@@ -22,7 +23,7 @@ from edgelearn.data.images import load_image, to_rgb
 from edgelearn.errors import IncompatibleError, LabelError
 from edgelearn.explain.calibration import fit_temperature
 from edgelearn.files import atomic_write_bytes
-from edgelearn.knowledge import SiteKey, TrustStore, package_bytes, parse_package, read_package
+from edgelearn.knowledge import ImportPolicy, SiteKey, package_bytes, parse_package, read_package
 from edgelearn.learners import Learner, learner_from_state, make_learner
 from edgelearn.learners.base import softmax
 
@@ -228,10 +229,11 @@ class Recognizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, weights=None, backbone: Backbone | None = None,
-             with_backbone: bool = True, trust: TrustStore | None = None, require_signature: bool = False,
+             with_backbone: bool = True, policy: ImportPolicy | None = None,
              allow_other_precision: bool = False, runtime: str = "torch") -> "Recognizer":
         """Load a saved recognizer or a site's package; refuses it if the backbone differs from
-        the one it learned on, if it was altered, or (``require_signature``) if no trusted site signed it.
+        the one it learned on, if it was altered or malformed, or if ``policy`` (knowledge from
+        elsewhere: ``ImportPolicy(trust)``) refuses its signature.
 
         ``weights`` overrides where the backbone weights are read from (else ``$EDGELEARN_WEIGHTS``,
         else the path recorded at save time). ``with_backbone=False`` loads the fast memory only.
@@ -239,22 +241,23 @@ class Recognizer:
         (fp32 knowledge on an int8 backbone: close features, not equal ones; the user's call).
         ``runtime`` runs the rebuilt fp32 backbone on PyTorch or ONNX Runtime (the same features).
         """
-        manifest, arrays = read_package(path, trust=trust, require_signature=require_signature)
+        manifest, arrays = read_package(path, policy=policy)
         return cls._from_package(manifest, arrays, path, weights, backbone, with_backbone, allow_other_precision,
                                  runtime)
 
     @classmethod
     def from_bytes(cls, data: bytes, name: str = "<package>", *, weights=None, backbone: Backbone | None = None,
-                   with_backbone: bool = True, trust: TrustStore | None = None, require_signature: bool = False,
+                   with_backbone: bool = True, policy: ImportPolicy | None = None,
                    allow_other_precision: bool = False, runtime: str = "torch") -> "Recognizer":
         """:meth:`load` for a package held in memory (an upload, a stored version)."""
-        manifest, arrays = parse_package(data, name, trust=trust, require_signature=require_signature)
+        manifest, arrays = parse_package(data, name, policy=policy)
         return cls._from_package(manifest, arrays, name, weights, backbone, with_backbone, allow_other_precision,
                                  runtime)
 
     @classmethod
     def _from_package(cls, manifest, arrays, path, weights, backbone, with_backbone,
                       allow_other_precision=False, runtime="torch") -> "Recognizer":
+        _check_labels(manifest, path)
         learner = learner_from_state({**manifest["learner"], "arrays": arrays})
         if backbone is None and with_backbone:
             backbone = _rebuild_backbone(manifest, weights, runtime)
@@ -266,6 +269,13 @@ class Recognizer:
         return cls(backbone, learner, examples_seen=manifest.get("examples_seen"),
                    fingerprint=manifest["backbone"], weights_path=manifest.get("weights_path"), sources=sources,
                    temperature=manifest.get("calibration", {}).get("temperature", 1.0))
+
+    def copy(self) -> "Recognizer":
+        """An independent copy of the fast memory, to change off to the side (the backbone is shared:
+        it never changes)."""
+        return Recognizer(self.backbone, copy.deepcopy(self.learner), examples_seen=self.examples_seen,
+                          fingerprint=self.fingerprint, weights_path=self.weights_path,
+                          sources=copy.deepcopy(self.sources), temperature=self.temperature)
 
     def info(self) -> dict:
         return {
@@ -299,6 +309,23 @@ def _rebuild_backbone(manifest: dict, weights, runtime: str = "torch") -> Backbo
                 and Path(manifest["weights_path"]).is_file():
             weights = manifest["weights_path"]
     return build_backbone(fp["name"], weights=weights, input_size=fp["input_size"], seed=seed, runtime=runtime)
+
+
+def _check_labels(manifest: dict, path) -> None:
+    """Every name a package brings (classes, examples seen, the learner's unknown label, sites) must pass
+    the label rule as it stands: a package cannot bring in a name the station would refuse."""
+    learner = manifest["learner"]
+    names = [*learner.get("classes", []), *manifest.get("examples_seen", {})]
+    names += [s for s in [manifest.get("site"), *(s.get("site") for s in manifest.get("sources", []))]
+              if isinstance(s, str)]  # site names end up in the store and in messages
+    if learner["params"].get("unknown_label") is not None:
+        names.append(learner["params"]["unknown_label"])
+    for name in names:
+        try:
+            if check_label(name) != name:
+                raise LabelError(f"invalid label {name!r}: spaces or slashes at its ends")
+        except LabelError as exc:
+            raise LabelError(f"{path}: {exc}") from None
 
 
 def _check_fingerprint(saved: dict, current: dict, path, ignore: Sequence[str] = ()) -> None:

@@ -47,7 +47,7 @@ def test_simulation_runtime(sites, tmp_path):
     from edgelearn.federation.server_app import create_server_app
 
     config = {**CONFIG, "site-data": ",".join(str(p) for p in sites.values()), "workdir": str(tmp_path / "work"),
-              "num-rounds": 1, "min-sites": 2}
+              "num-rounds": 1, "min-sites": 2, "allow-unsigned": True}
     run_simulation(create_server_app(config), create_client_app(config), num_supernodes=2,
                    backend_config={"client_resources": {"num_cpus": 1}})
     assert_every_site_knows_everything(sites, tmp_path / "work")

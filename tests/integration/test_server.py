@@ -106,7 +106,7 @@ def test_videos_teach_their_frames(server, tmp_path):
 def test_knowledge_export_and_import(server, tmp_path):
     package = server.client.get("/api/knowledge")
     assert package.status_code == 200 and len(package.content) > 1000
-    other = Server(tmp_path / "other")
+    other = Server(tmp_path / "other", "--allow-unsigned")
     try:
         r = other.client.post("/api/knowledge", headers=other.auth(),
                               files={"package": ("k.edge", package.content)})

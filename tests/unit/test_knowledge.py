@@ -7,7 +7,7 @@ import pytest
 
 from edgelearn.errors import IncompatibleError, ModelFileError, SignatureError
 from edgelearn.files import atomic_write_bytes, container_bytes, read_container
-from edgelearn.knowledge import SiteKey, TrustStore
+from edgelearn.knowledge import ImportPolicy, SiteKey, TrustStore
 from edgelearn.learners import make_learner
 from edgelearn.recognizer import Recognizer
 from tests.conftest import blobs
@@ -40,15 +40,15 @@ def test_signed_package_from_a_trusted_site_loads(tmp_path, keys):
     path = site().save(tmp_path / "a.edge", key=a)
     manifest, _ = read_container(path)
     assert manifest["site"] == "plant-a" and manifest["signature"]["algorithm"] == "ed25519"
-    assert load(path, trust=trust, require_signature=True).classes == ["c0", "c1"]
+    assert load(path, policy=ImportPolicy(trust)).classes == ["c0", "c1"]
 
 
 def test_untrusted_signer_unsigned_and_resigned_packages_are_refused(tmp_path, keys):
     _, b, trust = keys
     with pytest.raises(SignatureError, match="not in the trust list"):
-        load(site().save(tmp_path / "b.edge", key=b), trust=trust, require_signature=True)
+        load(site().save(tmp_path / "b.edge", key=b), policy=ImportPolicy(trust))
     with pytest.raises(SignatureError, match="not signed"):
-        load(site().save(tmp_path / "u.edge"), trust=trust, require_signature=True)
+        load(site().save(tmp_path / "u.edge"), policy=ImportPolicy(trust))
     # someone edits a signed package and fixes the integrity hash, but cannot sign as plant-a
     a = keys[0]
     path = site().save(tmp_path / "a.edge", key=a)
@@ -59,7 +59,7 @@ def test_untrusted_signer_unsigned_and_resigned_packages_are_refused(tmp_path, k
     manifest["integrity"]["sha256"] = digest(manifest, arrays)
     atomic_write_bytes(path, container_bytes(manifest, arrays))
     with pytest.raises(SignatureError, match="altered"):
-        load(path, trust=trust, require_signature=True)
+        load(path, policy=ImportPolicy(trust))
 
 
 def test_every_flipped_byte_is_refused(tmp_path):
@@ -151,3 +151,168 @@ def test_cli_keys_learn_sign_and_merge(tmp_path, image_folder):
     untrusted = runner.invoke(app, ["merge", *packages, "-o", str(tmp_path / "m2.edge"), "--trust",
                                     str(tmp_path / "a")])
     assert untrusted.exit_code == 1 and "trust list" in untrusted.stderr
+    unchecked = runner.invoke(app, ["merge", *packages, "-o", str(tmp_path / "m3.edge"), "--allow-unsigned"])
+    assert unchecked.exit_code == 1 and "no trust folder" in unchecked.stderr  # a signature is always checked
+
+
+def test_cli_federate_exchanges_signed_knowledge_unless_told_otherwise(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgelearn.cli import app
+
+    sites = [f"--site={name}={tmp_path}" for name in ("a", "b")]
+    refused = CliRunner().invoke(app, ["federate", *sites, "--workdir", str(tmp_path / "w")])
+    assert refused.exit_code == 1 and "--keys" in refused.stderr and "--allow-unsigned" in refused.stderr
+    refused = CliRunner().invoke(app, ["federate", *sites, "--keys", str(tmp_path), "--allow-unsigned"])
+    assert refused.exit_code == 1 and "--trust" in refused.stderr
+    assert not (tmp_path / "w").exists()  # refused before anything started
+
+
+# -- what an attacker (or a broken site) might send -------------------------------------------------------------
+ALLOW_UNSIGNED = ImportPolicy(allow_unsigned=True)
+
+
+def forged(rec, edit, key=None) -> bytes:
+    """``rec``'s package edited by ``edit(manifest, arrays)``, with the integrity hash recomputed (and, given
+    ``key``, signed again): only the schema stands between it and the station."""
+    from edgelearn.files import parse_container
+    from edgelearn.knowledge.package import digest
+
+    manifest, arrays = parse_container(rec.to_bytes(), "p")
+    edit(manifest, arrays)
+    manifest["integrity"] = {"sha256": digest(manifest, arrays)}
+    if key is not None:
+        manifest["signature"] = key.sign(manifest["integrity"]["sha256"].encode())
+    return container_bytes(manifest, arrays)
+
+
+def set_param(name, value):
+    return lambda m, a: m["learner"]["params"].__setitem__(name, value)
+
+
+def set_array(name, fn):
+    return lambda m, a: a.__setitem__(name, fn(a[name]))
+
+
+def poison(value):
+    def edit(a):
+        a = a.copy()
+        a.flat[0] = value
+        return a
+    return edit
+
+
+MALFORMED = {  # name: (learner kind, edit, what the refusal says)
+    "NaN means": ("slda", set_array("means_", poison(np.nan)), "NaN or infinite"),
+    "infinite scatter": ("slda", set_array("scatter_", poison(np.inf)), "NaN or infinite"),
+    "infinite NCM mean": ("ncm", set_array("means_", poison(-np.inf)), "NaN or infinite"),
+    "injected kind": ("slda", set_param("kind", "ncm"), "hyper-parameters"),
+    "missing param": ("slda", lambda m, a: m["learner"]["params"].pop("shrinkage"), "hyper-parameters"),
+    "param out of range": ("slda", set_param("shrinkage", 5.0), "shrinkage=5.0"),
+    "param of the wrong type": ("slda", set_param("normalize", "yes"), "normalize"),
+    "unknown metric": ("ncm", set_param("metric", "manhattan"), "metric"),
+    "NaN temperature": ("ncm", set_param("temperature", float("nan")), "temperature"),
+    "extra class": ("slda", lambda m, a: m["learner"]["classes"].append("c9"), "shape"),
+    "missing class": ("ncm", lambda m, a: m["learner"]["classes"].pop(), "shape"),
+    "wrong feature width": ("slda", lambda m, a: m["learner"].update(n_features=17), "shape"),
+    "full scatter": ("slda", set_array("scatter_", lambda s: np.zeros((16, 16))), "shape"),
+    "extra array": ("ncm", lambda m, a: a.update(extra=np.zeros(2)), "expected exactly"),
+    "float16 means": ("slda", set_array("means_", lambda x: x.astype(np.float16)), "float16"),
+    "float64 weights": ("fuzzy_artmap", set_array("weights_", lambda x: x.astype(np.float64)), "float64"),
+    "negative counts": ("ncm", set_array("counts_", poison(-3.0)), "negative"),
+    "representation of no class": ("fuzzy_artmap", set_array("category_class_", poison(7)), "not in the class"),
+    "weights outside [0, 1]": ("fuzzy_artmap", set_array("weights_", poison(2.0)), "outside"),
+    "unknown learner kind": ("slda", lambda m, a: m["learner"].update(kind="pickle"), "unknown learner kind"),
+    "unknown learner field": ("slda", lambda m, a: m["learner"].update(code="x"), "unknown learner field"),
+    "unknown manifest field": ("slda", lambda m, a: m.update(verified_site="plant-a"), "unknown manifest field"),
+    "class list of numbers": ("slda", lambda m, a: m["learner"].update(classes=[0, 1]), "list of texts"),
+    "duplicate labels": ("ncm", lambda m, a: m["learner"].update(classes=["c0", "c0"]), "more than once"),
+    "negative examples": ("ncm", lambda m, a: m.update(examples_seen={"c0": -1}), "examples_seen"),
+    "NaN calibration": ("ncm", lambda m, a: m.update(calibration={"temperature": float("nan")}), "calibration"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_malformed_knowledge_is_refused_with_its_reason(case):
+    kind, edit, reason = MALFORMED[case]
+    data = forged(site(kind), edit)
+    with pytest.raises(ModelFileError, match=reason):
+        Recognizer.from_bytes(data, "p.edge", with_backbone=False, policy=ALLOW_UNSIGNED)
+
+
+@pytest.mark.parametrize("label", ["a/../b", "bolt\x1b[31m", "x" * 201, " padded", "\u202eevil", "/".join("a" * 17)])
+def test_a_package_with_a_bad_label_is_refused_naming_it(label):
+    from edgelearn.errors import LabelError
+
+    data = forged(site("ncm"), lambda m, a: m["learner"]["classes"].__setitem__(1, label))
+    with pytest.raises(LabelError, match="p.edge: invalid label"):
+        Recognizer.from_bytes(data, "p.edge", with_backbone=False, policy=ALLOW_UNSIGNED)
+    data = forged(site("ncm"), lambda m, a: m.update(examples_seen={label: 3}))
+    with pytest.raises(LabelError, match="invalid label"):
+        Recognizer.from_bytes(data, "p.edge", with_backbone=False, policy=ALLOW_UNSIGNED)
+
+
+def test_every_learner_names_the_rules_of_exactly_its_own_hyper_parameters():
+    from edgelearn.learners import LEARNERS
+
+    for cls in LEARNERS.values():
+        assert set(cls._params) == set(cls().get_params()), cls.kind
+
+
+def test_a_recomputed_hash_does_not_make_a_tampered_package_acceptable(keys):
+    _, _, trust = keys
+    data = forged(site(), lambda m, a: m["learner"]["classes"].__setitem__(1, "intruder"))
+    for policy in (ImportPolicy(), ImportPolicy(trust)):  # by default: signed by a trusted site, or nothing
+        with pytest.raises(SignatureError, match="not signed"):
+            Recognizer.from_bytes(data, "p.edge", with_backbone=False, policy=policy)
+
+
+def test_a_made_up_signature_is_refused_even_where_unsigned_packages_are_allowed(keys):
+    a, b, trust = keys
+    fake = {"algorithm": "ed25519", "site": "plant-a", "key_id": a.key_id, "value": "AAAA"}
+    data = forged(site(), lambda m, x: m.update(signature=fake))
+    with pytest.raises(SignatureError, match="signed by site 'plant-a', but there is no trust folder"):
+        Recognizer.from_bytes(data, "p.edge", with_backbone=False, policy=ALLOW_UNSIGNED)
+    with pytest.raises(SignatureError, match="altered"):
+        Recognizer.from_bytes(data, "p.edge", with_backbone=False, policy=ImportPolicy(trust, allow_unsigned=True))
+    signed = site().to_bytes(key=b)  # a real signature, by a site we do not trust
+    with pytest.raises(SignatureError, match="no trust folder"):
+        Recognizer.from_bytes(signed, "p.edge", with_backbone=False, policy=ALLOW_UNSIGNED)
+    assert Recognizer.from_bytes(site().to_bytes(), "p", with_backbone=False, policy=ALLOW_UNSIGNED).classes
+
+
+def test_a_trusted_site_cannot_send_malformed_knowledge_either(keys):
+    a, _, trust = keys
+    data = forged(site(), set_array("means_", poison(np.nan)), key=a)
+    with pytest.raises(ModelFileError, match="NaN"):
+        Recognizer.from_bytes(data, "p.edge", with_backbone=False, policy=ImportPolicy(trust))
+
+
+def test_sizes_are_checked_from_the_header_before_anything_is_allocated(monkeypatch):
+    import struct
+
+    import edgelearn.files
+    from edgelearn.files import parse_container
+
+    def never(*args):
+        raise AssertionError("safetensors allocated arrays for a file that should have been refused")
+
+    monkeypatch.setattr(edgelearn.files, "st_load", never)
+
+    def container(header: bytes, body: bytes = b"") -> bytes:
+        return struct.pack("<Q", len(header)) + header + body
+
+    manifest = {"__metadata__": {"edgelearn": "{}"}}
+    huge = {**manifest, "scatter_": {"dtype": "F64", "shape": [2**20, 2**20], "data_offsets": [0, 2**43]}}
+    cases = {
+        "header of 1,099,511,627,776 bytes": struct.pack("<Q", 2**40) + b"{}",
+        "would take 8,796,093,022,208 bytes": container(json.dumps(huge).encode(), b"\0" * 64),
+        "unsupported dtype": container(json.dumps({**manifest, "x": {"dtype": "OBJ", "shape": [1],
+                                                                     "data_offsets": [0, 8]}}).encode(), b"\0" * 8),
+        "malformed shape": container(json.dumps({**manifest, "x": {"dtype": "F32", "shape": [-1],
+                                                                   "data_offsets": [0, 4]}}).encode(), b"\0" * 4),
+        "header": container(b"[" * 100_000 + b"]" * 100_000),  # nesting deep enough to exhaust the recursion
+    }
+    for reason, data in cases.items():
+        with pytest.raises(ModelFileError, match=reason):
+            parse_container(data, "p.edge")

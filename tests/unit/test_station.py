@@ -133,7 +133,7 @@ def test_low_confidence_predictions_wait_in_the_queue_and_labelling_learns_them(
 
 
 def test_export_import_merges_and_refuses_other_backbones(tmp_path):
-    a = Station(config(tmp_path / "a"))
+    a = Station(config(tmp_path / "a", allow_unsigned=True))
     b = Station(config(tmp_path / "b"))
     teach(a, "red")
     teach(b, "blue")
@@ -440,3 +440,72 @@ def test_predictions_never_wait_for_learning(station, monkeypatch):
     assert answers[0]["label"] == "blue" and answers[0]["known_classes"] == 2
     after = station.predict(colour_image("green", 9))
     assert after["label"] == "green" and after["known_classes"] == 3
+
+
+def knowing(station) -> tuple:
+    """What a user would notice of a station's knowledge: its classes, its answers, its versions."""
+    answers = [(p["label"], round(p["confidence"], 6)) for p in
+               (station.predict(colour_image(c, 40 + i), enqueue=False) for i, c in enumerate(COLOURS))]
+    return station.rec.classes, answers, station.store.versions(), station.store.active_version
+
+
+def test_without_a_trust_folder_imports_are_refused_with_how_to_set_one_up(tmp_path):
+    a, b = Station(config(tmp_path / "a")), Station(config(tmp_path / "b"))
+    teach(a, "red")
+    teach(b, "blue")
+    before = knowing(a)
+    with pytest.raises(EdgelearnError, match="serve --trust FOLDER"):
+        a.import_package(b.export(), "b.edge")
+    assert knowing(a) == before
+    a.close()
+    b.close()
+
+
+def test_a_failed_import_or_rollback_changes_neither_memory_nor_store(tmp_path, monkeypatch):
+    import sqlite3
+
+    a, b = Station(config(tmp_path / "a", allow_unsigned=True)), Station(config(tmp_path / "b"))
+    teach(a, "red")
+    teach(a, "green")
+    a.consolidate()
+    teach(b, "blue")
+    before = knowing(a)
+
+    def disk_full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(a.store, "add_version", disk_full)
+    with pytest.raises(sqlite3.OperationalError):
+        a.import_package(b.export(), "b.edge")
+    assert knowing(a) == before
+    with pytest.raises(sqlite3.OperationalError):
+        a.rollback(1)
+    assert knowing(a) == before
+    monkeypatch.undo()
+    assert "blue" in a.import_package(b.export(), "b.edge")["classes"]  # and it works once the disk has room
+    a.close()
+    b.close()
+
+
+def test_a_stored_version_that_fails_the_checks_is_refused_by_name(tmp_path):
+    from edgelearn.errors import ModelFileError
+    from tests.unit.test_knowledge import forged, set_param
+
+    station = Station(config(tmp_path))
+    teach(station, "red")
+    teach(station, "blue")
+    good = station.consolidate()["version"]
+    bad = station.store.add_version(forged(station.rec, set_param("kind", "ncm")), "from an older edgelearn",
+                                    classes=2, examples=8)
+    station.close()
+    with pytest.raises(ModelFileError, match=f"version {bad} .*hyper-parameters"):
+        Station(config(tmp_path))
+    store = Store(config(tmp_path).store_path)  # the operator rolls back by hand; the station starts again
+    store.add_version(store.package(good), f"rollback to version {good}", classes=2, examples=8)
+    store.close()
+    station = Station(config(tmp_path))
+    before = knowing(station)
+    with pytest.raises(ModelFileError, match=f"version {bad}"):
+        station.rollback(bad)
+    assert knowing(station) == before
+    station.close()

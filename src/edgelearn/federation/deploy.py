@@ -43,6 +43,7 @@ learner = "slda"
 weights = ""
 input-size = 0
 trust-dir = ""
+allow-unsigned = false
 server-key = ""
 output = ""
 workdir = "federation"
@@ -82,7 +83,9 @@ def federate(sites: dict[str, Path], workdir: Path, *, rounds: int = 1, config: 
 
     ``sites`` maps a site name to its data folder (``train/`` and optionally ``test/``); each site
     keeps its knowledge under ``workdir/<site>``. ``config``: backbone, learner, weights, input-size,
-    consolidate, trust-dir, server-key; per-site signing keys are read from ``config["keys"][site]``.
+    consolidate, trust-dir, server-key, allow-unsigned; per-site signing keys are read from
+    ``config["keys"][site]``. Knowledge is exchanged signed and checked against trust-dir, unless
+    allow-unsigned is set.
     ``tls``: a private CA and a SuperLink certificate for loopback; every connection is then TLS.
     ``node_auth`` (needs ``tls``): only SuperNodes whose public keys were registered may connect.
     ``app``: ``knowledge`` (exchange knowledge packages) or ``training`` (train the network's last
@@ -92,6 +95,9 @@ def federate(sites: dict[str, Path], workdir: Path, *, rounds: int = 1, config: 
         raise ValueError(f"app must be one of {', '.join(APPS)}, got {app!r}")
     if node_auth and not tls:
         raise ValueError("node authentication needs TLS (tls=True / --tls)")
+    if app == "knowledge" and not (config or {}).get("trust-dir") and not (config or {}).get("allow-unsigned"):
+        raise ValueError("knowledge is exchanged signed: give keys and a trust-dir (--keys, --trust), or "
+                         "allow-unsigned (--allow-unsigned)")
     workdir = Path(workdir).resolve()
     app_dir, home = workdir / "app", workdir / "flwr-home"
     app_dir.mkdir(parents=True, exist_ok=True)

@@ -9,19 +9,20 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from edgelearn.errors import FederationError
-from edgelearn.knowledge import SiteKey, TrustStore
+from edgelearn.knowledge import ImportPolicy, SiteKey, TrustStore
 from edgelearn.recognizer import Recognizer
 
 
-def merge_packages(packages: list[bytes], *, trust: TrustStore | None, consolidate: bool,
+def merge_packages(packages: list[bytes], *, policy: ImportPolicy, consolidate: bool,
                    key: SiteKey | None) -> bytes:
-    """Check and merge site packages (bytes) into one package (bytes), signed by ``key`` if given."""
+    """Check (as ``policy`` says) and merge site packages (bytes) into one package (bytes), signed by ``key``
+    if given."""
     with tempfile.TemporaryDirectory() as tmp:
         recs = []
         for i, data in enumerate(packages):
             path = Path(tmp) / f"site{i}.edge"
             path.write_bytes(data)
-            recs.append(Recognizer.load(path, with_backbone=False, trust=trust, require_signature=trust is not None))
+            recs.append(Recognizer.load(path, with_backbone=False, policy=policy))
         merged = recs[0].merge(*recs[1:])
         if consolidate:
             merged.consolidate()
@@ -51,6 +52,7 @@ def create_server_app(config: dict | None = None) -> ServerApp:
 def run(cfg: dict, grid: Grid) -> list[dict]:
     """The rounds: ask every site for its own knowledge, merge, send the merged knowledge back."""
     trust = TrustStore.load(cfg["trust-dir"]) if cfg.get("trust-dir") else None
+    policy = ImportPolicy(trust, bool(cfg.get("allow-unsigned", False)))  # signed by trusted sites by default
     key = SiteKey.load(cfg["server-key"]) if cfg.get("server-key") else None
     nodes = wait_for_nodes(grid, int(cfg.get("min-sites", 2)))
     history = []
@@ -61,7 +63,7 @@ def run(cfg: dict, grid: Grid) -> list[dict]:
         if not replies:
             raise FederationError(f"round {rnd}: no site answered")
         packages = [r.content["knowledge"]["package"] for r in replies]
-        merged = merge_packages(packages, trust=trust, consolidate=bool(cfg.get("consolidate", False)), key=key)
+        merged = merge_packages(packages, policy=policy, consolidate=bool(cfg.get("consolidate", False)), key=key)
         give = [Message(RecordDict({"knowledge": ConfigRecord({"package": merged})}), dst_node_id=n,
                         message_type=MessageType.EVALUATE) for n in nodes]
         results = [dict(r.content["metrics"]) for r in grid.send_and_receive(give) if not r.has_error()]

@@ -8,7 +8,7 @@ from pathlib import Path
 from edgelearn.data import FeatureCache, FolderDataset
 from edgelearn.data.cache import content_hash
 from edgelearn.evaluation import evaluate_features
-from edgelearn.knowledge import SiteKey, TrustStore
+from edgelearn.knowledge import ImportPolicy, SiteKey, TrustStore
 from edgelearn.recognizer import Recognizer
 
 
@@ -21,7 +21,7 @@ class Site:
     workdir: Path
     config: dict
     key: SiteKey | None = None
-    trust: TrustStore | None = None
+    policy: ImportPolicy = ImportPolicy()  # what it accepts from the server: signed by a trusted site by default
 
     @classmethod
     def from_config(cls, node: dict, run: dict) -> "Site":
@@ -37,7 +37,8 @@ class Site:
         key_path = node.get("key") or (Path(run["keys-dir"]) / f"{name}.key" if run.get("keys-dir") else None)
         key = SiteKey.load(key_path) if key_path else None
         trust_dir = node.get("trust") or run.get("trust-dir")
-        return cls(name, data, workdir, dict(run), key, TrustStore.load(trust_dir) if trust_dir else None)
+        policy = ImportPolicy(TrustStore.load(trust_dir) if trust_dir else None, bool(run.get("allow-unsigned")))
+        return cls(name, data, workdir, dict(run), key, policy)
 
     def _recognizer(self) -> Recognizer:
         own = self.workdir / "own.edge"
@@ -68,8 +69,7 @@ class Site:
         path = self.workdir / "merged.edge"
         tmp = path.with_suffix(".incoming")
         tmp.write_bytes(package)
-        rec = Recognizer.load(tmp, weights=self.config.get("weights") or None, trust=self.trust,
-                              require_signature=self.trust is not None)
+        rec = Recognizer.load(tmp, weights=self.config.get("weights") or None, policy=self.policy)
         os.replace(tmp, path)
         _, test = FolderDataset.splits(self.data)
         metrics = {"classes": len(rec.classes)}

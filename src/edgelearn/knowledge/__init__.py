@@ -2,7 +2,15 @@
 
 from edgelearn.errors import SignatureError
 from edgelearn.knowledge.keys import SiteKey, TrustStore
-from edgelearn.knowledge.package import FORMAT, VERSION, package_bytes, parse_package, read_package, write_package
+from edgelearn.knowledge.package import (
+    FORMAT,
+    VERSION,
+    ImportPolicy,
+    package_bytes,
+    parse_package,
+    read_package,
+    write_package,
+)
 
-__all__ = ["FORMAT", "VERSION", "SignatureError", "SiteKey", "TrustStore", "package_bytes", "parse_package",
-           "read_package", "write_package"]
+__all__ = ["FORMAT", "VERSION", "ImportPolicy", "SignatureError", "SiteKey", "TrustStore", "package_bytes",
+           "parse_package", "read_package", "write_package"]

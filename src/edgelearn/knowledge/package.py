@@ -9,17 +9,17 @@ signature of that hash. Saved recognizers use the same format: a package is what
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
 from edgelearn.errors import ModelFileError, SignatureError
 from edgelearn.files import atomic_write_bytes, container_bytes, parse_container, read_container
 from edgelearn.knowledge.keys import SiteKey, TrustStore
+from edgelearn.knowledge.schema import check_learner, check_manifest
 
 FORMAT = "edgelearn.knowledge"
 VERSION = 1
-MAX_CLASSES = 100_000
-MAX_FEATURES = 65_536
 UNSIGNED_FIELDS = ("integrity", "signature")
 
 
@@ -51,48 +51,60 @@ def package_bytes(manifest: dict, arrays: dict[str, np.ndarray], key: SiteKey | 
     return container_bytes(manifest, arrays)
 
 
-def read_package(path: str | os.PathLike, *, trust: TrustStore | None = None,
-                 require_signature: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
+@dataclass(frozen=True)
+class ImportPolicy:
+    """What a site accepts from elsewhere: packages signed by a site in ``trust``; unsigned ones only
+    with ``allow_unsigned``. A signature that is present is always checked, so a made-up one never
+    passes: with no trust list to check it against, it is refused."""
+
+    trust: TrustStore | None = None
+    allow_unsigned: bool = False
+
+    def verify(self, manifest: dict, path) -> str | None:
+        """The trusted site that signed the package, None for an allowed unsigned one, else :class:`SignatureError`."""
+        signature = manifest.get("signature")
+        if signature is None:
+            if self.allow_unsigned:
+                return None
+            hint = "" if self.trust is not None else " and give a trust folder (--trust DIR)"
+            raise SignatureError(f"{path}: the package is not signed; knowledge from other sites must be "
+                                 f"signed by a trusted site{hint} (unsigned packages need --allow-unsigned)")
+        if self.trust is None:
+            raise SignatureError(f"{path}: signed by site {signature['site']!r}, but there is no trust folder to "
+                                 "check it (give --trust DIR holding that site's .pub key)")
+        try:
+            return self.trust.verify(manifest["integrity"]["sha256"].encode(), signature)
+        except SignatureError as exc:
+            raise SignatureError(f"{path}: {exc}") from None
+
+
+def read_package(path: str | os.PathLike, *, policy: ImportPolicy | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """Read and check a package; each kind of problem is refused with its own message.
 
-    ``require_signature``: refuse unsigned packages and signers outside ``trust`` (what a site
-    does with knowledge from elsewhere). Otherwise a signature is checked whenever ``trust`` is given.
+    ``policy``: knowledge from elsewhere, accepted only as it says (signatures); ``None``: one's own
+    file (a saved model, a stored version), whose signature, if any, is not checked. Everything
+    else (schema, sizes, integrity) is always checked.
     """
-    return check_package(*read_container(path), path, trust=trust, require_signature=require_signature)
+    return check_package(*read_container(path), path, policy=policy)
 
 
-def parse_package(data: bytes, name: str = "<package>", *, trust: TrustStore | None = None,
-                  require_signature: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
+def parse_package(data: bytes, name: str = "<package>", *, policy: ImportPolicy | None = None
+                  ) -> tuple[dict, dict[str, np.ndarray]]:
     """:func:`read_package` for bytes (an upload, a stored version)."""
-    return check_package(*parse_container(data, name), name, trust=trust, require_signature=require_signature)
+    return check_package(*parse_container(data, name), name, policy=policy)
 
 
-def check_package(manifest: dict, arrays: dict[str, np.ndarray], path, *, trust: TrustStore | None = None,
-                  require_signature: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
+def check_package(manifest: dict, arrays: dict[str, np.ndarray], path, *, policy: ImportPolicy | None = None
+                  ) -> tuple[dict, dict[str, np.ndarray]]:
     if manifest.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an edgelearn knowledge package (format {manifest.get('format')!r})")
     if manifest.get("version") != VERSION:
         raise ModelFileError(f"{path}: package format version {manifest.get('version')} is not supported "
                              f"(this edgelearn reads version {VERSION})")
-    _check_sizes(path, manifest)
-    expected = manifest.get("integrity", {}).get("sha256")
-    if expected != digest(manifest, arrays):
+    check_manifest(manifest, path)
+    check_learner(manifest["learner"], arrays, path)
+    if manifest["integrity"]["sha256"] != digest(manifest, arrays):
         raise ModelFileError(f"{path}: integrity check failed: the file was damaged or altered")
-    signature = manifest.get("signature")
-    if require_signature and signature is None:
-        raise SignatureError(f"{path}: the package is not signed (unsigned packages need --allow-unsigned)")
-    if require_signature and trust is None:
-        raise SignatureError(f"{path}: no trust list to check the signature against")
-    if signature is not None and trust is not None:
-        manifest["verified_site"] = trust.verify(expected.encode(), signature)
+    if policy is not None:
+        manifest["verified_site"] = policy.verify(manifest, path)
     return manifest, arrays
-
-
-def _check_sizes(path, manifest: dict) -> None:
-    learner = manifest.get("learner")
-    if not isinstance(learner, dict) or not isinstance(learner.get("classes", []), list):
-        raise ModelFileError(f"{path}: malformed manifest (no learner or class list)")
-    n_classes, n_features = len(learner.get("classes", [])), learner.get("n_features", 1)
-    if n_classes > MAX_CLASSES or not isinstance(n_features, int) or not 0 < n_features <= MAX_FEATURES:
-        raise ModelFileError(f"{path}: implausible sizes ({n_classes} classes, {n_features} features; "
-                             f"limits {MAX_CLASSES} and {MAX_FEATURES})")

@@ -7,13 +7,68 @@ Labels are ``str`` or ``int`` so that state dicts stay JSON-able.
 
 import copy
 import inspect
+import math
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from edgelearn.errors import IncompatibleError, NotFittedError
+from edgelearn.errors import IncompatibleError, ModelFileError, NotFittedError
 
 Label = str | int
+MAX_TEXT = 200
+
+
+@dataclass(frozen=True)
+class Param:
+    """What a hyper-parameter may hold in a saved state: a number in [low, high] (``open_low``:
+    above ``low``), a bool, or a text (one of ``choices`` when given); ``optional``: or None."""
+
+    type: type
+    low: float = -math.inf
+    high: float = math.inf
+    open_low: bool = False
+    optional: bool = False
+    choices: tuple = ()
+
+    def problem(self, value) -> str | None:
+        """Why ``value`` does not fit, or None."""
+        if value is None:
+            return None if self.optional else "must be given"
+        if self.type is bool:
+            return None if isinstance(value, bool) else "must be true or false"
+        if self.type is str:
+            if not isinstance(value, str) or len(value) > MAX_TEXT:
+                return f"must be a text of at most {MAX_TEXT} characters"
+            return None if not self.choices or value in self.choices else f"must be one of {list(self.choices)}"
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return "must be a finite number"
+        above = value > self.low if self.open_low else value >= self.low
+        return None if above and value <= self.high else f"must be in {'(' if self.open_low else '['}" \
+                                                         f"{self.low}, {self.high}]"
+
+
+UNKNOWN_PARAMS = {"unknown_threshold": Param(float, 0, 1, optional=True),
+                  "unknown_label": Param(str, optional=True)}
+
+
+def _arrays_problem(arrays: dict, specs: dict) -> str | None:
+    """Why ``arrays`` do not match ``specs`` (name -> (dtype, shape); ``None`` in a shape: the
+    first array's number of rows, e.g. representations), or None."""
+    if set(arrays) != set(specs):
+        return f"arrays {sorted(arrays)}, expected exactly {sorted(specs)}"
+    first = np.shape(arrays[next(iter(specs))])
+    rows = first[0] if first else -1
+    for name, (dtype, shape) in specs.items():
+        a, expected = arrays[name], tuple(rows if n is None else n for n in shape)
+        if not isinstance(a, np.ndarray) or a.dtype != dtype:
+            return (f"array {name} is {getattr(a, 'dtype', type(a).__name__)}, expected {np.dtype(dtype)} "
+                    "(other types are refused, not converted)")
+        if a.shape != expected:
+            return f"array {name} has shape {a.shape}, expected {expected}"
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            return f"array {name} holds NaN or infinite values"
+    return None
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -51,6 +106,7 @@ class Learner:
 
     kind: ClassVar[str] = ""
     _arrays: ClassVar[tuple[str, ...]] = ()
+    _params: ClassVar[dict[str, Param]] = {}  # what each hyper-parameter may hold in a saved state
 
     # -- hyper-parameters ---------------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
@@ -156,6 +212,44 @@ class Learner:
             state["n_features"] = self.n_features_in_
             state["arrays"] = {name: getattr(self, name) for name in self._arrays}
         return state
+
+    @classmethod
+    def check_state(cls, state: dict) -> None:
+        """Refuse a saved state (:meth:`state_dict` from elsewhere) that does not fit this learner,
+        before anything is built: exactly the constructor's hyper-parameters, each of its type and
+        range; exactly the learned arrays, of their canonical dtype, shaped by the class count and
+        feature width, all finite, and whatever else the learner needs (:meth:`_values_problem`)."""
+        params = state.get("params")
+        if not isinstance(params, dict) or set(params) != set(cls._params):
+            got = sorted(params) if isinstance(params, dict) else params
+            raise ModelFileError(f"{cls.kind} hyper-parameters {got}, expected exactly {sorted(cls._params)}")
+        for name, rule in cls._params.items():
+            if problem := rule.problem(params[name]):
+                raise ModelFileError(f"{cls.kind} hyper-parameter {name}={params[name]!r}: {problem}")
+        if "classes" not in state:
+            if state.get("arrays"):
+                raise ModelFileError("arrays without a class list")
+            return
+        classes, d = state["classes"], state.get("n_features")
+        if not isinstance(classes, list) or not isinstance(d, int) or isinstance(d, bool) or d < 1:
+            raise ModelFileError("malformed class list or feature width")
+        n_classes = len(classes)
+        arrays = state.get("arrays")
+        problem = _arrays_problem(arrays, cls._array_specs(n_classes, d)) if isinstance(arrays, dict) \
+            else "no arrays"
+        problem = problem or cls._values_problem(arrays, n_classes)
+        if problem:
+            raise ModelFileError(f"{cls.kind} state for {n_classes} classes of {d} features: {problem}")
+
+    @classmethod
+    def _array_specs(cls, n_classes: int, n_features: int) -> dict[str, tuple[type, tuple]]:
+        """name -> (canonical dtype, shape) of each learned array as it travels in a package."""
+        raise NotImplementedError
+
+    @classmethod
+    def _values_problem(cls, arrays: dict[str, np.ndarray], n_classes: int) -> str | None:
+        """Beyond shapes and finiteness: why these values cannot be this learner's state, or None."""
+        return None
 
     def load_state_dict(self, state: dict) -> "Learner":
         if state.get("kind") != self.kind:

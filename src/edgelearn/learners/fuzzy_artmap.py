@@ -25,7 +25,7 @@ found by measuring the alternatives (see benchmarks/dicla.py and the README):
 
 import numpy as np
 
-from edgelearn.learners.base import Learner
+from edgelearn.learners.base import UNKNOWN_PARAMS, Learner, Param
 
 STRATEGIES = ("union", "mean")
 
@@ -55,6 +55,10 @@ class FuzzyArtmap(Learner):
 
     kind = "fuzzy_artmap"
     _arrays = ("weights_", "category_class_", "category_count_")
+    _params = {"rho": Param(float, 0, 1), "learning_rate": Param(float, 0, 1, open_low=True),
+               "choice": Param(float, 0), "epsilon": Param(float, 0), "match_tracking": Param(bool),
+               "feature_scale": Param(float, 0, open_low=True, optional=True),
+               "temperature": Param(float, 0, open_low=True), **UNKNOWN_PARAMS}
 
     def __init__(self, rho: float = 0.5, *, learning_rate: float = 0.2, choice: float = 1e-3,
                  epsilon: float = 1e-3, match_tracking: bool = True, feature_scale: float | None = None,
@@ -191,6 +195,21 @@ class FuzzyArtmap(Learner):
         self.weights_ = np.vstack([self.weights_, other.weights_])
         self.category_class_ = np.concatenate([self.category_class_, index_map[other.category_class_]])
         self.category_count_ = np.concatenate([self.category_count_, other.category_count_])
+
+    @classmethod
+    def _array_specs(cls, n_classes: int, n_features: int) -> dict:
+        """``None``: the number of representations, the same in all three arrays."""
+        return {"weights_": (np.float32, (None, 2 * n_features)), "category_class_": (np.int64, (None,)),
+                "category_count_": (np.int64, (None,))}
+
+    @classmethod
+    def _values_problem(cls, arrays: dict, n_classes: int) -> str | None:
+        W, owner = arrays["weights_"], arrays["category_class_"]
+        if ((W < 0) | (W > 1)).any():
+            return "representation weights outside [0, 1]"
+        if ((owner < 0) | (owner >= n_classes)).any():
+            return "representations of classes that are not in the class list"
+        return "negative representation counts" if (arrays["category_count_"] < 0).any() else None
 
     @property
     def n_representations(self) -> int:

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from edgelearn.learners.base import Learner, chan_update, normalized_gradient
+from edgelearn.learners.base import UNKNOWN_PARAMS, Learner, Param, chan_update, normalized_gradient
 
 METRICS = ("euclidean", "cosine")
 
@@ -28,6 +28,8 @@ class NearestClassMean(Learner):
 
     kind = "ncm"
     _arrays = ("counts_", "means_", "m2_")
+    _params = {"metric": Param(str, choices=METRICS), "temperature": Param(float, 0, open_low=True, optional=True),
+               **UNKNOWN_PARAMS}
 
     def __init__(self, metric: str = "cosine", *, temperature: float | None = None,
                  unknown_threshold: float | None = None, unknown_label: str | None = None):
@@ -89,6 +91,16 @@ class NearestClassMean(Learner):
             else:
                 self._cache = ((2 * self.means_).astype(np.float32), (self.means_**2).sum(1).astype(np.float32))
         return self._cache
+
+    @classmethod
+    def _array_specs(cls, n_classes: int, n_features: int) -> dict:
+        return {"counts_": (np.float64, (n_classes,)), "means_": (np.float64, (n_classes, n_features)),
+                "m2_": (np.float64, (n_classes,))}
+
+    @classmethod
+    def _values_problem(cls, arrays: dict, n_classes: int) -> str | None:
+        negative = (arrays["counts_"] < 0).any() or (arrays["m2_"] < 0).any()
+        return "negative class counts or scatter" if negative else None
 
     def _invalidate(self) -> None:
         self._cache = None

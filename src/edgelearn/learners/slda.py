@@ -16,7 +16,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
 
-from edgelearn.learners.base import Learner, chan_update, normalized_gradient
+from edgelearn.learners.base import UNKNOWN_PARAMS, Learner, Param, chan_update, normalized_gradient
 
 
 @lru_cache(maxsize=4)
@@ -43,6 +43,7 @@ class StreamingLDA(Learner):
 
     kind = "slda"
     _arrays = ("counts_", "means_", "scatter_")
+    _params = {"shrinkage": Param(float, 0, 1), "normalize": Param(bool), **UNKNOWN_PARAMS}
 
     def __init__(self, shrinkage: float = 0.5, *, normalize: bool = True,
                  unknown_threshold: float | None = None, unknown_label: str | None = None):
@@ -131,6 +132,16 @@ class StreamingLDA(Learner):
             scatter.T[_upper(d)] = packed  # the lower triangle, mirrored
             state = {**state, "arrays": {**arrays, "scatter_": scatter}}
         return super().load_state_dict(state)
+
+    @classmethod
+    def _array_specs(cls, n_classes: int, n_features: int) -> dict:
+        d = n_features
+        return {"counts_": (np.float64, (n_classes,)), "means_": (np.float64, (n_classes, d)),
+                "scatter_": (np.float64, (d * (d + 1) // 2,))}  # the packed upper triangle
+
+    @classmethod
+    def _values_problem(cls, arrays: dict, n_classes: int) -> str | None:
+        return "negative class counts" if (arrays["counts_"] < 0).any() else None
 
     def _invalidate(self) -> None:
         self._linear = None

@@ -19,9 +19,10 @@ from PIL import Image
 from threadpoolctl import ThreadpoolController
 
 from edgelearn.backbones import build_backbone
+from edgelearn.errors import EdgelearnError, SignatureError
 from edgelearn.explain import HeatMapper, expected_calibration_error, get_similarity, nearest, overlay, png_bytes
 from edgelearn.explain.calibration import OnlineTemperature
-from edgelearn.knowledge import TrustStore
+from edgelearn.knowledge import ImportPolicy, TrustStore
 from edgelearn.recognizer import Recognizer, check_label
 from edgelearn.server.batching import Batcher
 from edgelearn.store import Store
@@ -55,6 +56,7 @@ class StationConfig:
     queue_below: float = 0.5  # predictions less confident than this wait in the labelling queue
     checkpoint_every: int = 500  # events; bounds the replay on start
     trust: Path | None = None  # folder of trusted sites' public keys: imports must be signed by one
+    allow_unsigned: bool = False  # opt-in: accept unsigned imports (a present signature is still checked)
     keep_versions: int = 50  # versions that keep their package (plus tagged ones, the active one and its parent)
     keep_events: int = 10_000  # feedback log: the newest events (plus those the active version replays)
     keep_resolved: int = 1_000  # labelled, dismissed or expired queue items (and their images)
@@ -83,10 +85,13 @@ class Station:
 
     def _adopt(self, rec: Recognizer) -> Recognizer:
         """The station's own settings apply to whatever knowledge it holds (loaded, rolled back, imported)."""
+        self.rec = self._configured(rec)
+        self._publish()
+        return rec
+
+    def _configured(self, rec: Recognizer) -> Recognizer:
         rec.temperature = self.store.get("temperature", 1.0)
         rec.learner.unknown_threshold = self.config.unknown_below or None
-        self.rec = rec
-        self._publish()
         return rec
 
     def _publish(self) -> None:
@@ -115,7 +120,11 @@ class Station:
         saved = self.store.get("created_with", {})
         backbone = build_backbone(saved.get("backbone", c.backbone), weights=c.weights,
                                   input_size=saved.get("input_size"), runtime=c.runtime)
-        rec = Recognizer.from_bytes(self.store.package(version), f"store version {version}", backbone=backbone)
+        try:
+            rec = Recognizer.from_bytes(self.store.package(version), f"store version {version}", backbone=backbone)
+        except EdgelearnError as exc:
+            raise type(exc)(f"the station's active knowledge (version {version} in {self.store.path}) fails the "
+                            f"checks: {exc}") from None
         X, labels = self.store.replay(version)
         if labels:
             rec.learn_features(X, labels)
@@ -247,8 +256,8 @@ class Station:
                                         confidence=[row["confidence"]], images=[row["image"]] if row["image"] else None)
 
     # -- versions -------------------------------------------------------------------------------------
-    def _new_version(self, reason: str, user: str | None, **kwargs) -> int:
-        rec = self.rec
+    def _new_version(self, reason: str, user: str | None, rec: Recognizer | None = None, **kwargs) -> int:
+        rec = self.rec if rec is None else rec
         return self.store.add_version(rec.to_bytes(), reason, classes=len(rec.classes),
                                       examples=sum(rec.examples_seen.values()), user=user, **kwargs)
 
@@ -261,10 +270,11 @@ class Station:
 
     def rollback(self, version: int, user: str | None = None) -> dict:
         package = self.store.package(version)
-        with self._lock:
-            self._adopt(Recognizer.from_bytes(package, f"version {version}", backbone=self.rec.backbone))
+        with self._lock:  # built and committed before it is swapped in: a failure changes nothing
+            rec = self._configured(Recognizer.from_bytes(package, f"version {version}", backbone=self.rec.backbone))
             new = self.store.add_version(package, f"rollback to version {version}", parent=version, user=user,
-                                         classes=len(self.rec.classes), examples=sum(self.rec.examples_seen.values()))
+                                         classes=len(rec.classes), examples=sum(rec.examples_seen.values()))
+            self._adopt(rec)
         return {"version": new, **self._summary()}
 
     def export(self) -> bytes:
@@ -272,21 +282,26 @@ class Station:
             return self.rec.to_bytes(site=self.store.get("site"))
 
     def import_package(self, data: bytes, name: str = "upload", user: str | None = None) -> dict:
-        """Merge another site's knowledge package (checked: format, integrity, backbone, and with a
-        trust folder configured, a trusted site's signature)."""
-        trust = TrustStore.load(self.config.trust) if self.config.trust else None
-        other = Recognizer.from_bytes(data, name, backbone=self.rec.backbone, trust=trust,
-                                      require_signature=trust is not None)
+        """Merge another site's knowledge package (checked: format, schema, integrity, backbone, and
+        a trusted site's signature unless unsigned imports are allowed). The merge is built on a copy,
+        committed as a version, and only then swapped in: a failure changes neither memory nor store."""
+        other = Recognizer.from_bytes(data, name, backbone=self.rec.backbone, policy=self._import_policy())
         site = (other.sources[0].get("site") if other.sources else None) or "unknown"
         with self._lock:
-            if not self.rec.classes:  # nothing learned here yet: adopt it, whatever its learner kind
-                self._adopt(other)
-            else:
-                self.rec.merge(other)
-                self._publish()
-            version = self._new_version(f"merge from {site}", user, site=site)
+            # nothing learned here yet: adopt it, whatever its learner kind
+            merged = self._configured(other if not self.rec.classes else self.rec.copy().merge(other))
+            version = self._new_version(f"merge from {site}", user, merged, site=site)
+            self._adopt(merged)
         self.store.record_site(site)
         return {"version": version, "site": site, **self._summary()}
+
+    def _import_policy(self) -> ImportPolicy:
+        c = self.config
+        if c.trust is None and not c.allow_unsigned:
+            raise SignatureError("this station accepts knowledge only from trusted sites and has no trust folder: "
+                                 "put the sites' public keys (<site>.pub, made by `edgelearn keys new SITE`) in a "
+                                 "folder and start it with `edgelearn serve --trust FOLDER` (or --allow-unsigned)")
+        return ImportPolicy(TrustStore.load(c.trust) if c.trust else None, c.allow_unsigned)
 
     # -- reading --------------------------------------------------------------------------------------
     def _summary(self) -> dict:
