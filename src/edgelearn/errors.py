@@ -47,3 +47,11 @@ class NotFoundError(EdgelearnError, LookupError):
 
 class LabelError(EdgelearnError, ValueError):
     """A class name breaks the label rule (empty, too long, too deep, control characters, '.' or '..')."""
+
+
+class TooLargeError(ImageError):
+    """An image or a request holds more pixels, images or bytes than the station's limits allow."""
+
+
+class BusyError(EdgelearnError, RuntimeError):
+    """The station is at its limit of concurrent work; the client should try again in a moment."""
