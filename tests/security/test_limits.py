@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.unit.test_station import png
+from tests.integration.server import Server
+from tests.unit.test_station import colour_image, png
 
 GROWTH_BYTES = 300 * 2**20  # at most this over the idle station; before these limits one request cost +1 GB
 
@@ -89,3 +90,16 @@ def test_the_station_learned_nothing_answers_and_its_memory_stayed_bounded(stati
     assert learn(s, [("r.png", png("red"))], label="parts/red").json()["learned"] == 1
     r = s.client.post("/api/predict", files={"image": ("q.png", png("red", 1))})
     assert r.status_code == 200 and r.json()["known_classes"] == 1
+
+
+def test_the_limits_are_options_of_serve(tmp_path):
+    s = Server(tmp_path / "data", "--max-image-mpix", "0.01", "--max-request-images", "2", "--decode-slots", "1")
+    try:
+        r = s.client.post("/api/predict", files={"image": ("q.png", encoded(colour_image("red", size=100)))})
+        assert r.status_code == 200
+        r = s.client.post("/api/predict", files={"image": ("big.png", encoded(colour_image("red", size=120)))})
+        assert r.status_code == 413 and "120x120 pixels is more than the limit of 10,000" in r.json()["detail"]
+        r = learn(s, [(f"{i}.png", png("red", i)) for i in range(3)], label="red")
+        assert r.status_code == 413 and "more than 2 images" in r.json()["detail"]
+    finally:
+        s.stop()
