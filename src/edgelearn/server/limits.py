@@ -14,7 +14,7 @@ REQUEST_PIXELS = 200_000_000
 REQUEST_IMAGES = 2_000
 DECODE_SLOTS = 3
 PREDICT_WAIT_S = 1.5  # a prediction is worth little late: answer 429 rather than queue
-LEARN_WAIT_S = 30.0  # teaching is rarer and authenticated: it may wait for a slot a little longer
+LEARN_WAIT_S = 10.0  # teaching is rarer and authenticated: it may wait for a slot a little longer
 
 
 @dataclass(frozen=True)
