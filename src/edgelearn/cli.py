@@ -372,6 +372,12 @@ def serve(
     allow_unsigned: Annotated[bool, typer.Option(help="Also accept unsigned imports (without --trust, imports are "
                                                       "refused otherwise); signed ones are still checked.")] = False,
     max_upload_mb: Annotated[int, typer.Option(help="Largest request (zips, videos), MiB.")] = 200,
+    max_image_mpix: Annotated[float, typer.Option(min=0.01, help="Largest image, million pixels (8-bit only).")]
+    = 12,
+    max_request_mpix: Annotated[float, typer.Option(min=0.01, help="Teaching: all images, zip members and video "
+                                                    "frames of one request, million pixels.")] = 200,
+    max_request_images: Annotated[int, typer.Option(min=1, help="Teaching: images per request.")] = 2000,
+    decode_slots: Annotated[int, typer.Option(min=1, help="Images decoded at once (busy: 429, try again).")] = 3,
     tls: Annotated[bool, typer.Option("--tls", help="HTTPS with a self-signed certificate made in the data "
                                       "folder (its fingerprint is printed: compare it in the browser).")] = False,
     tls_cert: Annotated[Path | None, typer.Option(help="HTTPS with this certificate (PEM; with --tls-key).")]
@@ -384,6 +390,7 @@ def serve(
     from edgelearn.explain.representatives import get_similarity
     from edgelearn.files import private_folder
     from edgelearn.server import Station, StationConfig, create_app, default_data_dir, station_token
+    from edgelearn.server.limits import Limits
     from edgelearn.server.tls import fingerprint, self_signed
 
     data = private_folder(data or default_data_dir())
@@ -410,7 +417,8 @@ def serve(
     if tls_cert:
         err.print(f"TLS certificate {tls_cert}, SHA-256 fingerprint {fingerprint(tls_cert)}")
     err.print(f"open {scheme}://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/ in a browser")
-    api = create_app(station, write_token, max_upload_bytes=max_upload_mb * 2**20)
+    limits = Limits(int(max_image_mpix * 1e6), int(max_request_mpix * 1e6), max_request_images, decode_slots)
+    api = create_app(station, write_token, max_upload_bytes=max_upload_mb * 2**20, limits=limits)
     uvicorn.run(api, host=host, port=port, log_level="info", timeout_graceful_shutdown=10,
                 ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None)
 

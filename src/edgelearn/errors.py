@@ -59,3 +59,11 @@ class ConflictError(EdgelearnError):
 
 class GoneError(NotFoundError):
     """Something that existed was pruned on purpose (an old knowledge version's package): HTTP 410."""
+
+
+class TooLargeError(ImageError):
+    """An image or a request holds more pixels, images or bytes than the station's limits allow."""
+
+
+class BusyError(EdgelearnError, RuntimeError):
+    """The station is at its limit of concurrent work; the client should try again in a moment."""

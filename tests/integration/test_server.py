@@ -42,7 +42,7 @@ def test_bad_uploads_get_a_clear_4xx_and_the_server_carries_on(server):
     buf = io.BytesIO()
     Image.new("L", (8000, 6000)).save(buf, format="PNG")  # small file, 48 million pixels
     r = server.client.post("/api/predict", files={"image": ("huge.png", buf.getvalue())})
-    assert r.status_code == 400 and "pixels" in r.json()["detail"]
+    assert r.status_code == 413 and "pixels" in r.json()["detail"]
     r = server.client.post("/api/learn", headers=server.auth(), data={"label": ""}, files=files(("a.png", png("red"))))
     assert r.status_code == 400 and "label" in r.json()["detail"]
     r = server.client.post("/api/learn", headers=server.auth(), data={"label": "a", "kind": "guess"},

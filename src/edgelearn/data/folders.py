@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edgelearn.data.images import IMAGE_SUFFIXES
-from edgelearn.errors import DatasetError
+from edgelearn.errors import DatasetError, LabelError
 
 SPLITS = ("train", "test")
 
@@ -54,7 +54,7 @@ class FolderDataset:
             raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {root}")
         if "." in labels:
             raise DatasetError(f"{root} has images directly inside it; put each class in its own folder")
-        return cls(root, tuple(paths), tuple(labels))
+        return cls(root, tuple(paths), tuple(_class_labels(root, labels)))
 
     @staticmethod
     def splits(root: str | Path) -> tuple["FolderDataset", "FolderDataset | None"]:
@@ -90,3 +90,16 @@ class FolderDataset:
             members = np.flatnonzero(labels == c)
             chosen.extend(rng.choice(members, min(k, len(members)), replace=False))
         return self.subset(sorted(chosen))
+
+
+def _class_labels(root: Path, labels: list[str]) -> list[str]:
+    """Folder names -> labels by the project's one label rule; a folder that breaks it is named."""
+    from edgelearn.recognizer import check_label  # here: the recognizer imports this package
+
+    checked = {}
+    for label in dict.fromkeys(labels):
+        try:
+            checked[label] = check_label(label)
+        except LabelError as exc:
+            raise DatasetError(f"class folder {root / label}: {exc} (rename the folder)") from None
+    return [checked[label] for label in labels]

@@ -13,20 +13,24 @@ import cv2
 import imagehash
 from PIL import Image
 
-from edgelearn.errors import DatasetError, ImageError
+from edgelearn.errors import DatasetError, ImageError, TooLargeError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 MAX_FRAME_PIXELS = 40_000_000
 
 
-def read_frames(path: str | os.PathLike, every: int = 10, max_frames: int | None = None) -> Iterator[Image.Image]:
-    """Every ``every``-th frame of a video as an RGB PIL image; a file OpenCV cannot decode is an error."""
+def read_frames(path: str | os.PathLike, every: int = 10, max_frames: int | None = None,
+                max_pixels: int = MAX_FRAME_PIXELS) -> Iterator[Image.Image]:
+    """Every ``every``-th frame of a video as an RGB PIL image; a file OpenCV cannot decode, or whose
+    frames are over ``max_pixels`` (checked from the header before decoding one), is an error."""
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
     capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened():
             raise ImageError(f"{path}: not a video we can read ({', '.join(VIDEO_SUFFIXES)})")
+        _check_frame_size(path, capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT),
+                          max_pixels)
         index = kept = 0
         while max_frames is None or kept < max_frames:
             ok = capture.grab()
@@ -35,8 +39,7 @@ def read_frames(path: str | os.PathLike, every: int = 10, max_frames: int | None
             if index % every == 0:
                 ok, frame = capture.retrieve()
                 if ok and frame is not None:
-                    if frame.shape[0] * frame.shape[1] > MAX_FRAME_PIXELS:
-                        raise ImageError(f"{path}: frames of {frame.shape[1]}x{frame.shape[0]} pixels are too large")
+                    _check_frame_size(path, frame.shape[1], frame.shape[0], max_pixels)  # the header may lie
                     kept += 1
                     yield Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
             index += 1
@@ -44,6 +47,12 @@ def read_frames(path: str | os.PathLike, every: int = 10, max_frames: int | None
             raise ImageError(f"{path}: no frame could be decoded (corrupt or empty video?)")
     finally:
         capture.release()
+
+
+def _check_frame_size(path, width: float, height: float, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise TooLargeError(f"{path}: frames of {int(width)}x{int(height)} pixels are more than the limit of "
+                            f"{max_pixels:,}")
 
 
 def dedupe(frames, max_distance: int = 4) -> Iterator[Image.Image]:

@@ -20,15 +20,15 @@ from starlette.datastructures import UploadFile as StarletteUpload
 
 from edgelearn import __version__
 from edgelearn.data.images import load_image
-from edgelearn.errors import ConflictError, EdgelearnError, GoneError, NotFoundError
+from edgelearn.errors import BusyError, ConflictError, EdgelearnError, GoneError, NotFoundError, TooLargeError
 from edgelearn.server.idempotency import IdempotencyKeys
-from edgelearn.server.station import Station
+from edgelearn.server.limits import Budget, DecodeSlots, Limits
+from edgelearn.server.station import THUMBNAIL_SIDE, Station
 from edgelearn.server.uploads import labelled_images
 
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD_BYTES = 200 * 2**20  # one request: a zip or a short video
 MAX_IMAGE_BYTES = 20 * 2**20
-MAX_PIXELS = 40_000_000
 
 
 class SizeLimit:
@@ -48,8 +48,13 @@ class SizeLimit:
 
 
 def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-               max_pixels: int = MAX_PIXELS) -> FastAPI:
-    """The API over ``station``; writes need ``token``."""
+               limits: Limits | None = None) -> FastAPI:
+    """The API over ``station``; writes need ``token``; what one request may cost: ``limits``."""
+    limits = limits or Limits()
+    max_pixels = limits.image_pixels
+    decode_slot = DecodeSlots(limits.decode_slots)
+    # decode big images at about what the network (and a thumbnail) needs, not at full size
+    fit = max(station.rec.backbone.preprocessing.resize_size, THUMBNAIL_SIDE)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -82,6 +87,14 @@ def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLO
     @app.exception_handler(GoneError)
     async def conflict_or_gone(request: Request, exc: Exception):
         return JSONResponse({"detail": str(exc)}, 409 if isinstance(exc, ConflictError) else 410)
+
+
+    @app.exception_handler(TooLargeError)
+    @app.exception_handler(BusyError)
+    async def over_limit(request: Request, exc: Exception):
+        if isinstance(exc, BusyError):
+            return JSONResponse({"detail": str(exc)}, 429, headers={"Retry-After": "1"})
+        return JSONResponse({"detail": str(exc)}, 413)
 
     def read(upload: UploadFile, limit: int) -> bytes:
         data = upload.file.read(limit + 1)
@@ -130,7 +143,8 @@ def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLO
             raise HTTPException(413, f"{name}: larger than {limit // 2**20} MiB")
 
         def work() -> dict:
-            image = load_image(data, name=name, max_pixels=max_pixels)
+            with decode_slot():
+                image = load_image(data, name=name, max_pixels=max_pixels, eight_bit_only=True, fit=fit)
             return station.predict(image, top_k=top_k, heatmap=heatmap, representatives=representatives,
                                    enqueue=enqueue)
 
@@ -145,15 +159,19 @@ def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLO
               confidence: Annotated[float | None, Form(ge=0, le=1)] = None,
               every: Annotated[int, Form(ge=1, le=1000, description="Video: keep every n-th frame.")] = 10) -> dict:
         """Teach, confirm or correct: returns once the feedback is committed to the store."""
-        budget, pairs = max_upload_bytes, []
-        for f in files:
-            data = read(f, budget)
-            budget -= len(data)
-            pairs += labelled_images(f.filename or "upload", data, label, every=every, max_pixels=max_pixels)
-        images, labels = [p[0] for p in pairs], [p[1] for p in pairs]
-        feedback = {"predicted": [predicted] * len(images), "confidence": [confidence] * len(images)} \
-            if kind != "teach" else {}
-        return {**station.learn(images, labels, kind=kind, user=user, **feedback), "learned": len(images)}
+        budget = Budget(limits.request_pixels, limits.request_images)
+
+        def pairs():  # one upload at a time, its images decoded one at a time as they are learned
+            left = max_upload_bytes
+            for f in files:
+                data = read(f, left)
+                left -= len(data)
+                yield from labelled_images(f.filename or "upload", data, label, every=every, max_pixels=max_pixels,
+                                           budget=budget, fit=fit)
+
+        result = station.learn_stream(decode_slot.each(pairs()), kind=kind, user=user, predicted=predicted,
+                                      confidence=confidence)
+        return {**result, "learned": len(result["events"])}
 
     @app.post("/api/consolidate")
     def consolidate(user: Writer) -> dict:

@@ -8,8 +8,10 @@ The learner is never saved by itself: on start it is rebuilt as ``active version
 
 import base64
 import io
+import itertools
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from PIL import Image
 from threadpoolctl import ThreadpoolController
 
 from edgelearn.backbones import build_backbone
-from edgelearn.errors import EdgelearnError, SignatureError
+from edgelearn.errors import EdgelearnError, ImageError, SignatureError
 from edgelearn.explain import HeatMapper, expected_calibration_error, get_similarity, nearest, overlay, png_bytes
 from edgelearn.explain.calibration import OnlineTemperature
 from edgelearn.knowledge import ImportPolicy, TrustStore
@@ -191,7 +193,7 @@ class Station:
 
     def _signature(self, thumbnail: int, similarity):
         if thumbnail not in self._signatures:
-            image = Image.open(io.BytesIO(self.store.thumbnail(thumbnail)))
+            image = Image.open(io.BytesIO(self.store.thumbnail(thumbnail)), formats=["JPEG"])
             self._signatures[thumbnail] = similarity.signature(image)
         return self._signatures[thumbnail]
 
@@ -208,13 +210,35 @@ class Station:
     def learn(self, images: list[Image.Image], labels: list[str], *, kind: str = "teach", user: str | None = None,
               predicted: list | None = None, confidence: list | None = None) -> dict:
         """Learn labelled images; returns once the feedback is committed (it survives a crash)."""
-        labels = [check_label(label) for label in labels]
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        features = self.rec.embed(images, batch_size=16)
-        thumbnails = [thumbnail_bytes(i) for i in images] if self.config.keep_images else None
+        features, labels, thumbnails = self._embed_pairs(zip(images, labels, strict=True))
         return self._learn_features(features, labels, kind=kind, user=user, predicted=predicted,
                                     confidence=confidence, images=thumbnails)
+
+    def learn_stream(self, pairs: Iterable[tuple[Image.Image, str]], *, kind: str = "teach",
+                     user: str | None = None, predicted: str | None = None, confidence: float | None = None) -> dict:
+        """:meth:`learn` for ``(image, label)`` pairs decoded as they are consumed (an upload's images,
+        zip members, video frames), with one ``predicted``/``confidence`` for all: memory stays flat."""
+        features, labels, thumbnails = self._embed_pairs(pairs)
+        if not labels:
+            raise ImageError("nothing to learn: the upload holds no images")
+        feedback = {"predicted": [predicted] * len(labels), "confidence": [confidence] * len(labels)} \
+            if kind != "teach" else {}
+        return self._learn_features(features, labels, kind=kind, user=user, images=thumbnails, **feedback)
+
+    def _embed_pairs(self, pairs: Iterable[tuple[Image.Image, str]], chunk: int = 16):
+        """Features, checked labels and (with keep_images) thumbnails, ``chunk`` images at a time: only
+        that many decoded images are alive at once."""
+        features, labels, thumbnails = [], [], []
+        pairs = iter(pairs)
+        while part := list(itertools.islice(pairs, chunk)):
+            labels += [check_label(label) for _, label in part]
+            features.append(self.rec.embed((image for image, _ in part), batch_size=chunk))
+            thumbnails += [thumbnail_bytes(image) for image, _ in part] if self.config.keep_images else []
+        width = self.rec.backbone.feature_dim
+        return (np.concatenate(features) if features else np.zeros((0, width), np.float32), labels,
+                thumbnails or None)
 
     def _learn_features(self, features, labels, *, kind, user, predicted=None, confidence=None, images=None) -> dict:
         with self._lock:
