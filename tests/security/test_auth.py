@@ -88,10 +88,20 @@ def test_a_thousand_and_one_files_without_the_token_get_401_not_too_many_files(s
     assert r.status_code == 401 and "token" in r.json()["detail"]
 
 
-def test_a_chunked_body_over_the_limit_is_cut_off_with_413(station):
-    headers, body = multipart_stream(8 * MiB)  # the station's limit: 2 MiB
+def test_a_chunked_body_over_the_limit_is_cut_off_with_413(station, spool):
+    held = []
+
+    def check_spool():  # long after the 2 MiB limit, nothing of this request may still be kept
+        nonlocal sent
+        sent += 1
+        if sent > 12:
+            held.extend(temp_files_held(station.process.pid, spool))
+
+    sent = 0
+    headers, body = multipart_stream(16 * MiB, on_chunk=check_spool)  # the station's limit: 2 MiB
     r = station.client.post("/api/learn", content=body, headers={**headers, **station.auth()})
-    assert r.status_code == 413 and "larger than 2 MiB" in r.json()["detail"]
+    assert held == []
+    assert r.status_code == 413 and r.json()["detail"] == "this request is larger than 2 MiB"
     raw = (b"\0" * MiB for _ in range(30))  # a raw frame without Content-Length
     r = station.client.post("/api/predict", content=raw, headers={"Content-Type": "image/jpeg"})
     assert r.status_code == 413
