@@ -88,7 +88,9 @@ def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLO
         station.close()  # graceful shutdown: uvicorn drained the requests; checkpoint the WAL
 
     app = FastAPI(title="edgelearn station", version=__version__, lifespan=lifespan,
-                  description="Recognise, explain, and learn from corrections. Writes need the station token.")
+                  description="Recognise, explain, and learn from corrections. Writes need the station token; "
+                              "the feedback log, images and export need a read or write token, and so does every "
+                              "read on a station bound beyond loopback or started with --read-token.")
     bearer = HTTPBearer(auto_error=False)
 
     def writer(request: Request,
