@@ -383,6 +383,15 @@ def serve(
     tls_cert: Annotated[Path | None, typer.Option(help="HTTPS with this certificate (PEM; with --tls-key).")]
     = None,
     tls_key: Annotated[Path | None, typer.Option(help="The certificate's private key (PEM).")] = None,
+    read_token: Annotated[str | None, typer.Option(help="Read-only token, at least 16 characters (default: "
+                                                   "$EDGELEARN_READ_TOKEN or DATA/read-token if there): with it, "
+                                                   "reads need a token even on loopback.")] = None,
+    allowed_host: Annotated[list[str] | None, typer.Option(help="Another name browsers use to reach the station "
+                                                           "(repeatable; localhost, this machine's name and IP "
+                                                           "addresses are always served).")] = None,
+    users: Annotated[Path | None, typer.Option(help="File of 'name token' lines (private, tokens of 16+ "
+                                               "characters): each writer's own token; events record its name, "
+                                               "not X-User.")] = None,
 ):
     """Start the station: web page with camera, explanations and corrections, REST API (docs at /docs)."""
     import uvicorn
@@ -390,6 +399,8 @@ def serve(
     from edgelearn.explain.representatives import get_similarity
     from edgelearn.files import private_folder
     from edgelearn.server import Station, StationConfig, create_app, default_data_dir, station_token
+    from edgelearn.server import read_token as find_read_token
+    from edgelearn.server.guard import is_loopback, load_users, served_names
     from edgelearn.server.limits import Limits
     from edgelearn.server.tls import fingerprint, self_signed
 
@@ -406,11 +417,19 @@ def serve(
                            runtime, keep_images, representatives=representatives, unknown_below=unknown_below,
                            queue_below=queue_below, trust=trust, allow_unsigned=allow_unsigned)
     write_token, new = station_token(data, token)
+    reads_token = find_read_token(data, read_token)
+    writers = load_users(users) if users else None
+    reads_need_token = reads_token is not None or not is_loopback(host)
     station = Station(config)
     err.print(f"station store: {config.store_path} ({len(station.rec.classes)} classes, "
               f"version {station.store.active_version})")
     err.print(f"write token{' (new, kept in ' + str(data / 'token') + ')' if new else ''}: {write_token}")
-    if "--token" in sys.argv:
+    err.print("reads (predictions, status, versions, ...) "
+              + ("need the read or write token" if reads_need_token else "are open on this machine")
+              + "; the feedback log, images and knowledge export always need a token")
+    if writers:
+        err.print(f"writers from {users}: {', '.join(writers)} (events record the name of the token used)")
+    if "--token" in sys.argv or "--read-token" in sys.argv:
         err.print("note: a token given on the command line is visible to other users (ps); prefer DATA/token "
                   "or $EDGELEARN_TOKEN")
     scheme = "https" if tls_cert else "http"
@@ -418,7 +437,9 @@ def serve(
         err.print(f"TLS certificate {tls_cert}, SHA-256 fingerprint {fingerprint(tls_cert)}")
     err.print(f"open {scheme}://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/ in a browser")
     limits = Limits(int(max_image_mpix * 1e6), int(max_request_mpix * 1e6), max_request_images, decode_slots)
-    api = create_app(station, write_token, max_upload_bytes=max_upload_mb * 2**20, limits=limits)
+    api = create_app(station, write_token, max_upload_bytes=max_upload_mb * 2**20, limits=limits,
+                     read_token=reads_token, users=writers, reads_need_token=reads_need_token,
+                     allowed_hosts=served_names(host, allowed_host or []))
     uvicorn.run(api, host=host, port=port, log_level="info", timeout_graceful_shutdown=10,
                 ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None)
 

@@ -26,6 +26,8 @@ def page(tmp_path):
         context = browser.new_context(viewport={"width": 1280, "height": 1000})
         context.grant_permissions(["camera"])
         pg = context.new_page()
+        pg.console_errors = []
+        pg.on("console", lambda m: pg.console_errors.append(m.text) if m.type == "error" else None)
         pg.goto(server.url)
         pg.fill("#token", TOKEN)
         pg.dispatch_event("#token", "change")
@@ -94,12 +96,21 @@ def test_teach_correct_consolidate_roll_back_and_live_camera(page, tmp_path):
     playwright.expect(page.locator("#status")).to_contain_text("2 classes")
     playwright.expect(check_photo(page, images(tmp_path, "green", 1, start=80)[0])).not_to_have_text("green")
 
+    # the token stays in this tab only; the export (it needs the token) downloads through fetch
+    assert page.evaluate("sessionStorage.getItem('edgelearn-token')") == TOKEN
+    assert page.evaluate("localStorage.getItem('edgelearn-token')") is None
+    with page.expect_download() as download:
+        page.click("#export")
+    assert download.value.suggested_filename == "knowledge.edge"
+    assert os.path.getsize(download.value.path()) > 1000
+
     # the live camera (Chromium's synthetic one) sends frames by itself
     with page.expect_response(lambda r: "/api/predict" in r.url, timeout=30_000):
         page.click("#camera-start")
     playwright.expect(page.locator("#camera")).to_be_visible()
     page.screenshot(path=str(tmp_path / "station.png"), full_page=True)
     assert (tmp_path / "station.png").stat().st_size > 10_000
+    assert not [e for e in page.console_errors if "Content Security Policy" in e]
     if os.environ.get("EDGELEARN_SCREENSHOT"):
         page.screenshot(path=os.environ["EDGELEARN_SCREENSHOT"], full_page=True)
 

@@ -22,16 +22,17 @@ def free_port() -> int:
 class Server:
     """``edgelearn serve`` with the tiny random backbone (or ``args``), started and waited for."""
 
-    def __init__(self, data: Path, *args: str, log: Path | None = None):
+    def __init__(self, data: Path, *args: str, log: Path | None = None, env: dict | None = None):
         self.data, self.port = data, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        host = args[args.index("--host") + 1] if "--host" in args else "127.0.0.1"
+        self.url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{self.port}"
         self.log = log or data.parent / f"serve-{self.port}.log"
         defaults = ["--backbone", "tiny", "--weights", "random", "--input-size", "32"] if "--backbone" not in args \
             else []
         cmd = [sys.executable, "-m", "edgelearn", "serve", "--data", str(data), "--port", str(self.port),
                "--token", TOKEN, *defaults, *args]
         self.log_file = open(self.log, "ab")  # noqa: SIM115 (closed in stop)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT, env=env)
         self.client = httpx.Client(base_url=self.url, timeout=60)
         self._wait()
@@ -42,7 +43,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log.read_text()}")
             try:
-                if self.client.get("/api/status").status_code == 200:
+                if self.client.get("/api/status", headers=self.auth()).status_code == 200:
                     return
             except httpx.TransportError:
                 time.sleep(0.2)

@@ -66,7 +66,7 @@ def test_teach_predict_correct_consolidate_rollback_over_http(server):
 
     p = server.client.post("/api/predict", params={"heatmap": True}, files={"image": ("q.png", png("blue", 42))}).json()
     assert p["label"] == "parts/blue" and p["heatmap"].startswith("data:image/png")
-    thumb = server.client.get(f"/api/thumbnails/{p['representatives'][0]['thumbnail']}")
+    thumb = server.client.get(f"/api/thumbnails/{p['representatives'][0]['thumbnail']}", headers=auth)
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
 
     # a correction: this green thing is new
@@ -74,7 +74,7 @@ def test_teach_predict_correct_consolidate_rollback_over_http(server):
                            data={"label": "parts/green", "kind": "correct", "predicted": p["label"],
                                  "confidence": p["confidence"]})
     assert r.status_code == 200
-    event = server.client.get("/api/events", params={"limit": 1}).json()["events"][0]
+    event = server.client.get("/api/events", params={"limit": 1}, headers=auth).json()["events"][0]
     assert (event["user"], event["kind"], event["predicted"], event["label"]) == \
         ("ann", "correct", "parts/blue", "parts/green")
     concepts = {c["path"] for c in server.client.get("/api/concepts").json()["concepts"]}
@@ -104,7 +104,7 @@ def test_videos_teach_their_frames(server, tmp_path):
 
 
 def test_knowledge_export_and_import(server, tmp_path):
-    package = server.client.get("/api/knowledge")
+    package = server.client.get("/api/knowledge", headers=server.auth())
     assert package.status_code == 200 and len(package.content) > 1000
     other = Server(tmp_path / "other", "--allow-unsigned")
     try:
@@ -178,7 +178,7 @@ def test_sigkill_during_learning_loses_nothing_confirmed(tmp_path):
 
     restarted = Server(data)
     try:
-        events = restarted.client.get("/api/events", params={"limit": 1000}).json()["events"]
+        events = restarted.client.get("/api/events", params={"limit": 1000}, headers=restarted.auth()).json()["events"]
         ids = {e["id"] for e in events}
         assert set(confirmed) <= ids  # every acknowledged event is there
         status = restarted.client.get("/api/status").json()

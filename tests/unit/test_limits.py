@@ -125,7 +125,7 @@ def test_a_prediction_that_finds_no_free_decode_slot_gets_429_with_retry_after(t
     from edgelearn.server import app as app_module
 
     station = Station(config(tmp_path))
-    client = TestClient(create_app(station, TOKEN, limits=Limits(decode_slots=1)))
+    client = TestClient(create_app(station, TOKEN, limits=Limits(decode_slots=1)), base_url="http://localhost")
     started, release = threading.Event(), threading.Event()
     load = app_module.load_image
 
@@ -151,7 +151,7 @@ def test_a_prediction_that_finds_no_free_decode_slot_gets_429_with_retry_after(t
 
 def test_over_budget_requests_get_413_and_teaching_streams_the_upload(tmp_path):
     station = Station(config(tmp_path, keep_images=True))
-    client = TestClient(create_app(station, TOKEN, limits=Limits(request_images=3)))
+    client = TestClient(create_app(station, TOKEN, limits=Limits(request_images=3)), base_url="http://localhost")
     auth = {"Authorization": f"Bearer {TOKEN}"}
     r = client.post("/api/predict", files={"image": ("huge.png", flat_png(4000, 4000))})
     assert r.status_code == 413 and "huge.png: 4000x4000 pixels" in r.json()["detail"]

@@ -373,7 +373,7 @@ def test_concurrent_heat_maps_all_succeed(station):
 
 def test_api_retried_idempotency_key_learns_once_and_labels_conflict_or_are_gone(tmp_path):
     station = Station(config(tmp_path, keep_versions=2))
-    client = TestClient(create_app(station, TOKEN))
+    client = TestClient(create_app(station, TOKEN), base_url="http://localhost")
     auth = {"Authorization": f"Bearer {TOKEN}", "Idempotency-Key": "teach-red-1"}
     files = [("files", ("red.png", png("red"), "image/png"))]
     first = client.post("/api/learn", headers=auth, data={"label": "red"}, files=files)
@@ -398,7 +398,7 @@ def test_api_second_label_of_a_queue_item_is_a_409(tmp_path):
     teach(station, "red")
     station.predict(colour_image("green"))
     (item,) = station.store.queue()
-    client = TestClient(create_app(station, TOKEN))
+    client = TestClient(create_app(station, TOKEN), base_url="http://localhost")
     auth = {"Authorization": f"Bearer {TOKEN}"}
     assert client.post(f"/api/queue/{item['id']}", headers=auth, data={"label": "green"}).status_code == 200
     second = client.post(f"/api/queue/{item['id']}", headers=auth, data={"label": "green"})

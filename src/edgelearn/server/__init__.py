@@ -2,16 +2,15 @@
 
 import os
 import secrets
-import stat
 from pathlib import Path
 
-from edgelearn.errors import EdgelearnError
 from edgelearn.files import private_folder, write_private
 from edgelearn.server.app import create_app
+from edgelearn.server.guard import MIN_TOKEN_CHARS, Tokens, check_token, is_loopback, load_users, read_private
 from edgelearn.server.station import DATA_ENV, Station, StationConfig, default_data_dir
 
 TOKEN_ENV = "EDGELEARN_TOKEN"
-MIN_TOKEN_CHARS = 16
+READ_TOKEN_ENV = "EDGELEARN_READ_TOKEN"
 
 
 def station_token(data_dir: str | os.PathLike, token: str | None = None) -> tuple[str, bool]:
@@ -23,10 +22,7 @@ def station_token(data_dir: str | os.PathLike, token: str | None = None) -> tupl
     if not token:
         path = Path(data_dir) / "token"
         if path.is_file():
-            if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-                raise EdgelearnError(f"{path} can be read by other users of this machine; make it private "
-                                     f"(chmod 600 {path}) or remove it to get a new token")
-            token = path.read_text().strip()
+            token = read_private(path).strip()
         else:
             private_folder(path.parent)
             token, newly_made = secrets.token_urlsafe(24), True
@@ -35,12 +31,15 @@ def station_token(data_dir: str | os.PathLike, token: str | None = None) -> tupl
     return token, newly_made
 
 
-def check_token(token: str, what: str = "the station's token") -> str:
-    if len(token) < MIN_TOKEN_CHARS:
-        raise EdgelearnError(f"{what} is too short ({len(token)} characters; at least {MIN_TOKEN_CHARS}): "
-                             "anyone could guess it")
-    return token
+def read_token(data_dir: str | os.PathLike, token: str | None = None) -> str | None:
+    """The optional read-only token: given, else ``$EDGELEARN_READ_TOKEN``, else ``<data_dir>/read-token``
+    if that file exists (never made by itself: without one, reads need the write token or are open)."""
+    token = token or os.environ.get(READ_TOKEN_ENV)
+    path = Path(data_dir) / "read-token"
+    if not token and path.is_file():
+        token = read_private(path).strip()
+    return check_token(token, "the read token") if token else None
 
 
-__all__ = ["DATA_ENV", "TOKEN_ENV", "Station", "StationConfig", "check_token", "create_app", "default_data_dir",
-           "station_token"]
+__all__ = ["DATA_ENV", "MIN_TOKEN_CHARS", "READ_TOKEN_ENV", "TOKEN_ENV", "Station", "StationConfig", "Tokens",
+           "check_token", "create_app", "default_data_dir", "is_loopback", "load_users", "read_token", "station_token"]

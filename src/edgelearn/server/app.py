@@ -1,12 +1,13 @@
 """The station's HTTP API (FastAPI) and web page.
 
-Reads are open; writes (learning, consolidation, rollback, imports, labelling) need the station's
-token as ``Authorization: Bearer <token>``. Endpoints are plain ``def``: FastAPI runs them in its
-thread pool, so predictions proceed concurrently while the station serialises learning.
+Writes (learning, consolidation, rollback, imports, labelling) need the station's token as
+``Authorization: Bearer <token>``; reads need a read or write token where the station says so
+(``Guard``: always for the feedback log, images and the knowledge export), checked before the body
+is read. Endpoints are plain ``def``: FastAPI runs them in its thread pool, so predictions proceed
+concurrently while the station serialises learning.
 OpenAPI docs: ``/docs``.
 """
 
-import secrets
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
@@ -21,35 +22,67 @@ from starlette.datastructures import UploadFile as StarletteUpload
 from edgelearn import __version__
 from edgelearn.data.images import load_image
 from edgelearn.errors import BusyError, ConflictError, EdgelearnError, GoneError, NotFoundError, TooLargeError
+from edgelearn.server.guard import WRITE, Guard, Tokens, served_names
 from edgelearn.server.idempotency import IdempotencyKeys
 from edgelearn.server.limits import Budget, DecodeSlots, Limits
 from edgelearn.server.station import THUMBNAIL_SIDE, Station
-from edgelearn.server.uploads import labelled_images
+from edgelearn.server.uploads import kind_of, labelled_images
 
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD_BYTES = 200 * 2**20  # one request: a zip or a short video
 MAX_IMAGE_BYTES = 20 * 2**20
+FORM_OVERHEAD = 2**20  # a form's boundaries, headers and small fields around its file
+SMALL_BODY_BYTES = 64 * 2**10  # requests that carry no file: a label, nothing at all
 
 
 class SizeLimit:
-    """Refuse a request whose declared body is over ``max_bytes`` before reading it (plain ASGI:
-    Starlette's BaseHTTPMiddleware would cost every request a few milliseconds)."""
+    """Refuse a request whose body is over its route's limit: at once if it says so (Content-Length),
+    else as soon as the bytes received pass it (chunked bodies). Plain ASGI: Starlette's
+    BaseHTTPMiddleware would cost every request a few milliseconds."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
 
+    def limit(self, scope) -> int:
+        if scope["path"] in ("/api/learn", "/api/knowledge"):
+            return self.max_bytes
+        if scope["path"] == "/api/predict":
+            return min(self.max_bytes, MAX_IMAGE_BYTES + FORM_OVERHEAD)
+        return min(self.max_bytes, SMALL_BODY_BYTES)
+
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.max_bytes:
-                response = JSONResponse({"detail": f"upload larger than {self.max_bytes // 2**20} MiB"}, 413)
-                return await response(scope, receive, send)
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.limit(scope)
+        too_large = f"this request is larger than {_size(limit)}"
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            return await JSONResponse({"detail": too_large}, 413)(scope, receive, send)
+        received = 0
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:  # the endpoint stops reading; FastAPI answers 413
+                raise HTTPException(413, too_large)
+            return message
+
+        await self.app(scope, counted_receive, send)
+
+
+def _size(n: int) -> str:
+    return f"{n // 2**20} MiB" if n >= 2**20 else f"{n // 2**10} KiB"
 
 
 def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-               limits: Limits | None = None) -> FastAPI:
-    """The API over ``station``; writes need ``token``; what one request may cost: ``limits``."""
+               limits: Limits | None = None, read_token: str | None = None, users: dict[str, str] | None = None,
+               reads_need_token: bool = False, allowed_hosts: set[str] | None = None) -> FastAPI:
+    """The API over ``station``; writes need ``token`` (or a ``users`` token: name -> token), reads need
+    ``read_token`` or a write token if ``reads_need_token``; ``Host`` must be one of ``allowed_hosts``
+    (default: this machine's loopback names and hostname) or an IP address; what one request may cost:
+    ``limits``."""
+    tokens = Tokens(token, read_token, users or {})
     limits = limits or Limits()
     max_pixels = limits.image_pixels
     decode_slot = DecodeSlots(limits.decode_slots)
@@ -62,21 +95,31 @@ def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLO
         station.close()  # graceful shutdown: uvicorn drained the requests; checkpoint the WAL
 
     app = FastAPI(title="edgelearn station", version=__version__, lifespan=lifespan,
-                  description="Recognise, explain, and learn from corrections. Writes need the station token.")
+                  description="Recognise, explain, and learn from corrections. Writes need the station token; "
+                              "the feedback log, images and export need a read or write token, and so does every "
+                              "read on a station bound beyond loopback or started with --read-token.")
     bearer = HTTPBearer(auto_error=False)
 
     def writer(request: Request,
                credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str | None:
-        """Checks the token; returns who is writing (``X-User`` header, for the feedback log)."""
-        if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
+        """Checks the token (Guard did already, before the body); returns who is writing: with ``users``,
+        the name whose token it is, else the ``X-User`` header (a free label, for the feedback log)."""
+        access, name = tokens.who(credentials.credentials if credentials else None)
+        if access != WRITE:
             raise HTTPException(401, "this needs the station's token (Authorization: Bearer <token>)",
                                 headers={"WWW-Authenticate": "Bearer"})
-        return request.headers.get("x-user") or None
+        return name if users else request.headers.get("x-user") or None
+
+    def reader(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> bool:
+        """Whether the request carries a read or write token."""
+        return tokens.who(credentials.credentials if credentials else None)[0] is not None
 
     Writer = Annotated[str | None, Depends(writer)]
 
     app.add_middleware(SizeLimit, max_bytes=max_upload_bytes)
     app.add_middleware(IdempotencyKeys, store=station.store)
+    app.add_middleware(Guard, tokens=tokens, hosts=allowed_hosts or served_names(),
+                       reads_need_token=reads_need_token)  # outermost: before the body and any other work
 
     @app.exception_handler(EdgelearnError)
     @app.exception_handler(ValueError)
@@ -87,7 +130,6 @@ def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLO
     @app.exception_handler(GoneError)
     async def conflict_or_gone(request: Request, exc: Exception):
         return JSONResponse({"detail": str(exc)}, 409 if isinstance(exc, ConflictError) else 410)
-
 
     @app.exception_handler(TooLargeError)
     @app.exception_handler(BusyError)
@@ -107,8 +149,12 @@ def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLO
         return FileResponse(STATIC / "index.html")
 
     @app.get("/api/status")
-    def status() -> dict:
-        return station.status()
+    def status(authorised: Annotated[bool, Depends(reader)]) -> dict:
+        """The station's knowledge and health; its ``config`` only with a token."""
+        result = station.status()
+        if not authorised:
+            result.pop("config", None)
+        return result
 
     image_body = {"requestBody": {"required": True, "content": {
         "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
@@ -166,6 +212,8 @@ def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLO
             for f in files:
                 data = read(f, left)
                 left -= len(data)
+                if kind_of(f.filename or "", data) == "image" and len(data) > MAX_IMAGE_BYTES:
+                    raise HTTPException(413, f"{f.filename}: an image larger than {MAX_IMAGE_BYTES // 2**20} MiB")
                 yield from labelled_images(f.filename or "upload", data, label, every=every, max_pixels=max_pixels,
                                            budget=budget, fit=fit)
 

@@ -6,10 +6,21 @@ let lastPrediction = null;
 let liveTimer = null;
 let busy = false;
 
-$("token").value = localStorage.getItem("edgelearn-token") || "";
+// The token lives only as long as this tab (sessionStorage); older pages kept it in localStorage: drop it.
+localStorage.removeItem("edgelearn-token");
+$("token").value = sessionStorage.getItem("edgelearn-token") || "";
 $("user").value = localStorage.getItem("edgelearn-user") || "";
-$("token").addEventListener("change", () => localStorage.setItem("edgelearn-token", $("token").value.trim()));
+$("token").addEventListener("change", () => {
+  sessionStorage.setItem("edgelearn-token", $("token").value.trim());
+  refresh().then(() => say("")).catch((err) => say(err.message, true));
+});
 $("user").addEventListener("change", () => localStorage.setItem("edgelearn-user", $("user").value.trim()));
+
+// Every request carries the token when one is entered: reads may need it too.
+function authorised(headers = {}) {
+  const token = $("token").value.trim();
+  return token ? { ...headers, Authorization: "Bearer " + token } : headers;
+}
 
 function say(text, error = false) {
   $("message").textContent = text;
@@ -17,11 +28,8 @@ function say(text, error = false) {
 }
 
 async function api(path, { method = "GET", form = null } = {}) {
-  const headers = {};
-  if (method !== "GET") {
-    headers["Authorization"] = "Bearer " + $("token").value.trim();
-    if ($("user").value.trim()) headers["X-User"] = $("user").value.trim();
-  }
+  const headers = authorised();
+  if (method !== "GET" && $("user").value.trim()) headers["X-User"] = $("user").value.trim();
   const response = await fetch(path, { method, body: form, headers });
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
@@ -37,7 +45,7 @@ const pct = (x) => (100 * x).toFixed(1) + "%";
 async function predict(blob, { enqueue = true } = {}) {
   const heat = $("want-heatmap").checked;
   const response = await fetch(`/api/predict?top_k=5&heatmap=${heat}&representatives=1&enqueue=${enqueue}`,
-                               { method: "POST", body: blob, headers: { "Content-Type": blob.type || "image/jpeg" } });
+                               { method: "POST", body: blob, headers: authorised({ "Content-Type": blob.type || "image/jpeg" }) });
   const p = await response.json().catch(() => ({}));
   if (!response.ok) throw new Error(p.detail || response.statusText);
   lastImage = blob;
@@ -60,13 +68,31 @@ function show(p) {
   $("representatives").replaceChildren(...p.representatives.map((r) => {
     const fig = document.createElement("figure");
     const img = document.createElement("img");
-    img.src = `/api/thumbnails/${r.thumbnail}`;
+    loadImage(img, `/api/thumbnails/${r.thumbnail}`);
     img.alt = r.label;
     fig.append(img, document.createElement("br"), r.label);
     return fig;
   }));
   $("confirm").disabled = !p.label;
   $("correct").disabled = false;
+}
+
+// Images that need the token: an <img src> cannot send it, so fetch them and show a blob URL.
+async function fetchBlob(path) {
+  const response = await fetch(path, { headers: authorised() });
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    throw new Error(body.detail || response.statusText);
+  }
+  return response.blob();
+}
+
+function loadImage(img, path) {
+  fetchBlob(path).then((blob) => {
+    const url = URL.createObjectURL(blob);
+    img.addEventListener("load", () => URL.revokeObjectURL(url), { once: true });
+    img.src = url;
+  }).catch(() => { img.alt += " (no access)"; });
 }
 
 function showImage(blob) {
@@ -177,6 +203,16 @@ $("import-file").addEventListener("change", async (e) => {
   await refresh();
 });
 
+$("export").addEventListener("click", async (e) => {
+  e.preventDefault();  // the export needs the token: download it with fetch, then save the blob
+  try {
+    const link = Object.assign(document.createElement("a"), { download: "knowledge.edge" });
+    link.href = URL.createObjectURL(await fetchBlob("/api/knowledge"));
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+  } catch (err) { say("export: " + err.message, true); }
+});
+
 async function rollback(version) {
   try { const r = await api(`/api/versions/${version}/rollback`, { method: "POST" }); say(`rolled back to version ${version} (now ${r.version})`); }
   catch (err) { say(err.message, true); }
@@ -214,7 +250,11 @@ async function refresh() {
   }));
   $("queue").replaceChildren(...queue.items.map((item) => {
     const li = document.createElement("li");
-    if (item.has_image) li.append(Object.assign(document.createElement("img"), { src: `/api/queue/${item.id}/image` }), " ");
+    if (item.has_image) {
+      const img = document.createElement("img");
+      loadImage(img, `/api/queue/${item.id}/image`);
+      li.append(img, " ");
+    }
     li.append(`${item.predicted ?? "?"} ${pct(item.confidence)} `);
     const input = Object.assign(document.createElement("input"), { placeholder: "label" });
     input.setAttribute("list", "classes");
