@@ -423,7 +423,10 @@ def serve(
     station = Station(config)
     err.print(f"station store: {config.store_path} ({len(station.rec.classes)} classes, "
               f"version {station.store.active_version})")
-    err.print(f"write token{' (new, kept in ' + str(data / 'token') + ')' if new else ''}: {write_token}")
+    if new:  # shown once: afterwards it is read from the file, never printed into logs again
+        err.print(f"write token (new, kept in {data / 'token'}, readable by you only): {write_token}")
+    elif not token:
+        err.print(f"write token: in {data / 'token'}")
     err.print("reads (predictions, status, versions, ...) "
               + ("need the read or write token" if reads_need_token else "are open on this machine")
               + "; the feedback log, images and knowledge export always need a token")
