@@ -15,6 +15,7 @@ Writes benchmarks/results/attack.{json,md}. Traffic goes to 127.0.0.1 only; ever
 
 import io
 import json
+import multiprocessing
 import os
 import signal
 import struct
@@ -144,35 +145,50 @@ def predicting(server: Server, queries: list[bytes], seconds: float, stop: threa
             "p99_ms": float(np.percentile(ms, 99)), "answered": len(ms), "refused": len(refused)}
 
 
-def attacking(server: Server, bad: dict[str, bytes], stop: threading.Event) -> Callable[[], None]:
-    """``ATTACKERS`` threads looping over bombs, unauthenticated uploads and oversized bodies until ``stop``."""
+def attacking(server: Server, bad: dict[str, bytes], stop) -> Callable[[], None]:
+    """``ATTACKERS`` threads looping over bombs, unauthenticated uploads and oversized bodies until
+    ``stop``, in a process of their own at the lowest CPU priority: on a real network the attackers'
+    own CPU is elsewhere, so only what the server spends on their requests should count here."""
+    process = multiprocessing.get_context("fork").Process(target=_attack, args=(server.url, server.auth(), bad, stop))
+    process.start()
+    return lambda: process.join(60)
+
+
+def _attack(url: str, auth: dict, bad: dict[str, bytes], stop) -> None:
     import httpx
+
+    os.nice(19)
 
     def attacker(k: int):
         kinds = ["png16", "png_40mpx", "png_header_10gpx", "zip_25x40mpx", "eps"]
-        with httpx.Client(base_url=server.url, timeout=60) as c:
+        with httpx.Client(base_url=url, timeout=60) as c:
             i = k
             while not stop.is_set():
                 kind = kinds[i % len(kinds)]
                 try:
-                    if kind == "zip_25x40mpx":  # no token, then with one (a teacher's stolen token)
-                        c.post("/api/learn", files=[("files", ("x.zip", bad[kind]))], headers=server.auth())
+                    if kind == "zip_25x40mpx":  # with the token: a teacher's stolen token
+                        c.post("/api/learn", files=[("files", ("x.zip", bad[kind]))], headers=auth)
                     else:
-                        c.post("/api/predict", content=bad[kind], headers={"Content-Type": "image/png",
-                                                                           **server.auth()})
-                    c.post("/api/learn", content=_chunks(8 * 2**20), headers={"Content-Type": "multipart/form-data; "
-                                                                               "boundary=x"})
+                        c.post("/api/predict", content=bad[kind], headers={"Content-Type": "image/png", **auth})
+                    c.post("/api/learn", content=_multipart(8 * 2**20), headers=MULTIPART)  # no token
                 except httpx.HTTPError:
                     pass
                 i += 1
 
-    threads = [threading.Thread(target=attacker, args=(k,), daemon=True) for k in range(ATTACKERS)]
+    threads = [threading.Thread(target=attacker, args=(k,)) for k in range(ATTACKERS)]
     for t in threads:
         t.start()
-    return lambda: [t.join(30) for t in threads]
+    for t in threads:
+        t.join()
 
 
-def _chunks(total: int, size: int = 2**16):
+MULTIPART = {"Content-Type": "multipart/form-data; boundary=x"}
+
+
+def _multipart(total: int, size: int = 2**16):
+    """A chunked upload of one ``total``-byte file part (no Content-Length: the server must count)."""
+    yield b'--x\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n' \
+          b"Content-Type: application/octet-stream\r\n\r\n"
     for _ in range(total // size):
         yield b"\0" * size
 
@@ -209,7 +225,7 @@ def load_rounds(args, server: Server, queries, bad, teach) -> dict:
     peaks, taught = [], 0
     for _ in range(args.rounds):
         runs["alone"].append(predicting(server, queries, args.seconds, threading.Event()))
-        stop = threading.Event()
+        stop = multiprocessing.get_context("fork").Event()
         with MemorySampler(server.process.pid) as sampler:
             join = attacking(server, bad, stop)
             runs["attacked"].append(predicting(server, queries, args.seconds, threading.Event()))
@@ -259,8 +275,7 @@ def attack_table(server: Server, bad: dict[str, bytes], packages: dict[str, byte
                       files=[("files", (name, data))]).status_code
 
     def chunked(path, headers, total):
-        return c.post(path, content=_chunks(total), headers={"Content-Type": "multipart/form-data; boundary=x",
-                                                              **headers}).status_code
+        return c.post(path, content=_multipart(total), headers={**MULTIPART, **headers}).status_code
 
     def import_(name):
         return c.post("/api/knowledge", headers=token, files={"package": ("k.edge", packages[name])}).status_code
@@ -428,7 +443,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trust = Path(tmp) / "trust"
         trust.mkdir()
-        server = start(args, Path(tmp), "--trust", str(trust))
+        server = start(args, Path(tmp), "--trust", str(trust), "--queue-below", "1.01")  # noise is queued
         try:
             for label, data in teach_first.items():
                 server.client.post("/api/learn", headers=server.auth(), data={"label": label},

@@ -3,13 +3,35 @@
 A frozen pretrained backbone (slow memory) turns images into features; a small incremental
 learner (fast memory) learns classes from a few examples, keeps no images, and merges with
 other sites' learners.
+
+Names are imported on first use (PEP 562), so ``import edgelearn.learners`` or
+``edgelearn.knowledge`` needs numpy only, not PyTorch.
 """
 
-from edgelearn.backbones import build_backbone, list_backbones
-from edgelearn.errors import EdgelearnError
-from edgelearn.learners import FuzzyArtmap, NearestClassMean, StreamingLDA, make_learner
-from edgelearn.recognizer import Prediction, Recognizer
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["EdgelearnError", "FuzzyArtmap", "NearestClassMean", "Prediction", "Recognizer", "StreamingLDA",
-           "build_backbone", "list_backbones", "make_learner"]
+_WHERE = {
+    "EdgelearnError": "edgelearn.errors",
+    "FuzzyArtmap": "edgelearn.learners",
+    "NearestClassMean": "edgelearn.learners",
+    "StreamingLDA": "edgelearn.learners",
+    "make_learner": "edgelearn.learners",
+    "Prediction": "edgelearn.recognizer",
+    "Recognizer": "edgelearn.recognizer",
+    "build_backbone": "edgelearn.backbones",
+    "list_backbones": "edgelearn.backbones",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'edgelearn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value  # once: later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

@@ -7,7 +7,6 @@ predictions can be rolled up to any level of that hierarchy. No training image i
 import copy
 import datetime as dt
 import os
-import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ from edgelearn.errors import IncompatibleError, LabelError
 from edgelearn.explain.calibration import fit_temperature
 from edgelearn.files import atomic_write_bytes
 from edgelearn.knowledge import ImportPolicy, SiteKey, package_bytes, parse_package, read_package
+from edgelearn.labels import check_label
 from edgelearn.learners import Learner, learner_from_state, make_learner
 from edgelearn.learners.base import softmax
 
@@ -340,49 +340,3 @@ def _as_image(image: ImageLike) -> Image.Image:
     if isinstance(image, Image.Image):
         return to_rgb(image)
     return load_image(image)
-
-
-MAX_LABEL_CHARS = 200
-MAX_LABEL_LEVELS = 16
-
-
-def check_label(label) -> str:
-    """The one rule for class names, wherever they come from (CLI, API, zip folders, packages):
-    a name or concept path ``a/b/c`` of at most 200 characters and 16 levels, without control or
-    bidirectional-override characters and without empty, ``.`` or ``..`` levels. Returns it trimmed.
-
-    Examples
-    --------
-    >>> check_label(" fasteners/bolt_m8/ ")
-    'fasteners/bolt_m8'
-    >>> check_label("a/../b")
-    Traceback (most recent call last):
-    ...
-    edgelearn.errors.LabelError: invalid label 'a/../b': '..' is not a name; use a name or a concept path ...
-    """
-    if not isinstance(label, str | int) or isinstance(label, bool):
-        raise LabelError(f"invalid label {label!r}: a label is text")
-    text = str(label).strip().strip("/")
-    problem = _label_problem(text)
-    if problem:
-        raise LabelError(f"invalid label {text[:MAX_LABEL_CHARS]!r}: {problem}; "
-                         "use a name or a concept path like 'car/wheel'")
-    return text
-
-
-def _label_problem(text: str) -> str | None:
-    if not text:
-        return "it is empty"
-    if len(text) > MAX_LABEL_CHARS:
-        return f"longer than {MAX_LABEL_CHARS} characters"
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in text):
-        return "it holds control or invisible formatting characters"
-    parts = text.split("/")
-    if len(parts) > MAX_LABEL_LEVELS:
-        return f"more than {MAX_LABEL_LEVELS} levels"
-    for part in parts:
-        if not part.strip():
-            return "an empty level"
-        if part.strip() in (".", ".."):
-            return f"{part.strip()!r} is not a name"
-    return None

@@ -7,7 +7,8 @@ from PIL import Image
 from edgelearn.backbones import build_backbone
 from edgelearn.data import FolderDataset
 from edgelearn.errors import IncompatibleError, LabelError, ModelFileError
-from edgelearn.recognizer import Recognizer, check_label, rollup
+from edgelearn.labels import check_label
+from edgelearn.recognizer import Recognizer, rollup
 from tests.conftest import COLOURS
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from edgelearn.data.images import IMAGE_SUFFIXES
 from edgelearn.errors import DatasetError, LabelError
+from edgelearn.labels import check_label
 
 SPLITS = ("train", "test")
 
@@ -94,8 +95,6 @@ class FolderDataset:
 
 def _class_labels(root: Path, labels: list[str]) -> list[str]:
     """Folder names -> labels by the project's one label rule; a folder that breaks it is named."""
-    from edgelearn.recognizer import check_label  # here: the recognizer imports this package
-
     checked = {}
     for label in dict.fromkeys(labels):
         try:

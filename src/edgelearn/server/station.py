@@ -25,7 +25,8 @@ from edgelearn.errors import EdgelearnError, ImageError, SignatureError
 from edgelearn.explain import HeatMapper, expected_calibration_error, get_similarity, nearest, overlay, png_bytes
 from edgelearn.explain.calibration import OnlineTemperature
 from edgelearn.knowledge import ImportPolicy, TrustStore
-from edgelearn.recognizer import Recognizer, check_label
+from edgelearn.labels import check_label
+from edgelearn.recognizer import Recognizer
 from edgelearn.server.batching import Batcher
 from edgelearn.store import Store
 

@@ -18,7 +18,7 @@ from PIL import Image
 from edgelearn.data.frames import VIDEO_SUFFIXES, dedupe, read_frames
 from edgelearn.data.images import IMAGE_SUFFIXES, load_image, open_image
 from edgelearn.errors import ImageError, LabelError, TooLargeError
-from edgelearn.recognizer import check_label
+from edgelearn.labels import check_label
 from edgelearn.server.limits import Budget
 
 MAX_ZIP_MEMBERS = 5_000
