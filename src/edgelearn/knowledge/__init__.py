@@ -11,6 +11,7 @@ from edgelearn.knowledge.package import (
     read_package,
     write_package,
 )
+from edgelearn.knowledge.merge import merge_packages, provenance
 
-__all__ = ["FORMAT", "VERSION", "ImportPolicy", "SignatureError", "SiteKey", "TrustStore", "package_bytes",
-           "parse_package", "read_package", "write_package"]
+__all__ = ["FORMAT", "VERSION", "ImportPolicy", "SignatureError", "SiteKey", "TrustStore", "merge_packages",
+           "package_bytes", "parse_package", "provenance", "read_package", "write_package"]
