@@ -20,12 +20,13 @@ from edgelearn.learners import Learner, learner_from_state
 Package = tuple[str, dict, dict[str, np.ndarray]]  # name, manifest, arrays
 
 
-def merge_packages(*packages: bytes, policy: ImportPolicy | None = ImportPolicy(), own: bytes | None = None,
+def merge_packages(*packages: bytes, policy: ImportPolicy | None, own: bytes | None = None,
                    consolidate: bool = False, key: SiteKey | None = None, site: str | None = None,
                    names: Sequence[str] = ()) -> bytes:
     """Check and merge knowledge packages into one package, signed by ``key`` if given.
 
-    ``policy``: what is accepted from elsewhere (signatures); ``None`` for packages that are one's own.
+    ``policy`` (required, so that every caller says it): what is accepted from elsewhere (signatures);
+    ``None`` for packages that are one's own.
     ``own``: this site's own knowledge (not checked against ``policy``); its hyper-parameters and
     calibration are kept, the others are merged into it. Without it, the hyper-parameters come from
     the package with the smallest hash, and the temperature is kept only where all packages agree.
