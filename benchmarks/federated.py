@@ -27,9 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks import common  # noqa: E402
 from edgelearn.data import FolderDataset  # noqa: E402
-from edgelearn.federation.deep import PATH_FRACTION, accuracy, local_training, shared_features  # noqa: E402
 from edgelearn.federation.deploy import federate  # noqa: E402
-from edgelearn.federation.team import DenseHead  # noqa: E402
+from edgelearn.federation.training.features import accuracy, local_training, shared_features  # noqa: E402
+from edgelearn.federation.training.heads import DenseHead  # noqa: E402
+from edgelearn.federation.training.strategies import PATH_FRACTION  # noqa: E402
 from edgelearn.files import atomic_write_figure  # noqa: E402
 
 

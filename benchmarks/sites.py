@@ -201,8 +201,8 @@ def flower_simulation(data_root: Path, weights: str, n_sites: int = 10, learner:
     from flwr.simulation import run_simulation
 
     from edgelearn.data import FolderDataset
-    from edgelearn.federation.client_app import create_client_app
-    from edgelearn.federation.server_app import create_server_app
+    from edgelearn.federation.knowledge.client_app import create_client_app
+    from edgelearn.federation.knowledge.server_app import create_server_app
 
     train = FolderDataset.scan(data_root / "imagenette", "train")
     test = FolderDataset.scan(data_root / "imagenette", "test")

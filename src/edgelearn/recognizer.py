@@ -19,7 +19,7 @@ from rich.progress import track
 from edgelearn.backbones import Backbone, build_backbone
 from edgelearn.data.cache import FeatureCache, content_hash
 from edgelearn.data.images import load_image, to_rgb
-from edgelearn.errors import IncompatibleError, LabelError
+from edgelearn.errors import IncompatibleError
 from edgelearn.explain.calibration import fit_temperature
 from edgelearn.files import atomic_write_bytes
 from edgelearn.knowledge import ImportPolicy, SiteKey, package_bytes, parse_package, read_package
@@ -257,7 +257,6 @@ class Recognizer:
     @classmethod
     def _from_package(cls, manifest, arrays, path, weights, backbone, with_backbone,
                       allow_other_precision=False, runtime="torch") -> "Recognizer":
-        _check_labels(manifest, path)
         learner = learner_from_state({**manifest["learner"], "arrays": arrays})
         if backbone is None and with_backbone:
             backbone = _rebuild_backbone(manifest, weights, runtime)
@@ -309,23 +308,6 @@ def _rebuild_backbone(manifest: dict, weights, runtime: str = "torch") -> Backbo
                 and Path(manifest["weights_path"]).is_file():
             weights = manifest["weights_path"]
     return build_backbone(fp["name"], weights=weights, input_size=fp["input_size"], seed=seed, runtime=runtime)
-
-
-def _check_labels(manifest: dict, path) -> None:
-    """Every name a package brings (classes, examples seen, the learner's unknown label, sites) must pass
-    the label rule as it stands: a package cannot bring in a name the station would refuse."""
-    learner = manifest["learner"]
-    names = [*learner.get("classes", []), *manifest.get("examples_seen", {})]
-    names += [s for s in [manifest.get("site"), *(s.get("site") for s in manifest.get("sources", []))]
-              if isinstance(s, str)]  # site names end up in the store and in messages
-    if learner["params"].get("unknown_label") is not None:
-        names.append(learner["params"]["unknown_label"])
-    for name in names:
-        try:
-            if check_label(name) != name:
-                raise LabelError(f"invalid label {name!r}: spaces or slashes at its ends")
-        except LabelError as exc:
-            raise LabelError(f"{path}: {exc}") from None
 
 
 def _check_fingerprint(saved: dict, current: dict, path, ignore: Sequence[str] = ()) -> None:

@@ -43,8 +43,8 @@ def assert_every_site_knows_everything(sites, workdir):
 def test_simulation_runtime(sites, tmp_path):
     from flwr.simulation import run_simulation
 
-    from edgelearn.federation.client_app import create_client_app
-    from edgelearn.federation.server_app import create_server_app
+    from edgelearn.federation.knowledge.client_app import create_client_app
+    from edgelearn.federation.knowledge.server_app import create_server_app
 
     config = {**CONFIG, "site-data": ",".join(str(p) for p in sites.values()), "workdir": str(tmp_path / "work"),
               "num-rounds": 1, "min-sites": 2, "allow-unsigned": True}
@@ -91,7 +91,7 @@ def test_sites_train_the_last_layers_together(sites, tmp_path, strategy):
 
     from edgelearn.backbones import build_classifier
     from edgelearn.cli import app
-    from edgelearn.federation.team import DenseHead, split_mobilenet_v2
+    from edgelearn.federation.training.heads import DenseHead, split_mobilenet_v2
     from tests.conftest import SHARED
 
     weights = SHARED / "models" / "mobilenet_v2_imagenet.pt"

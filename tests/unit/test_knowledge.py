@@ -316,3 +316,56 @@ def test_sizes_are_checked_from_the_header_before_anything_is_allocated(monkeypa
     for reason, data in cases.items():
         with pytest.raises(ModelFileError, match=reason):
             parse_container(data, "p.edge")
+
+
+# -- the one merge of package bytes (CLI, federation, station) ---------------------------------------------------
+@pytest.mark.parametrize("kind", ["slda", "ncm", "fuzzy_artmap"])
+def test_merged_packages_do_not_depend_on_the_order_they_came_in(kind):
+    from edgelearn.knowledge import merge_packages, parse_package
+
+    parts = [("c0", "c1"), ("c2", "c3"), ("c1", "c4", "c5")]
+    packages = [site(kind, c, seed=i).to_bytes(site=f"s{i}") for i, c in enumerate(parts)]
+    merged = [parse_package(merge_packages(*order, policy=ALLOW_UNSIGNED, consolidate=True))
+              for order in (packages, packages[::-1], packages[1:] + packages[:1])]
+    for manifest, arrays in merged[1:]:
+        assert {**manifest, "created_at": None} == {**merged[0][0], "created_at": None}
+        assert arrays.keys() == merged[0][1].keys()
+        for name, array in arrays.items():
+            np.testing.assert_array_equal(array, merged[0][1][name])
+    rec = Recognizer.from_bytes(merge_packages(*packages, policy=ALLOW_UNSIGNED), with_backbone=False)
+    X, y = blobs(n_classes=6, seed=9)
+    assert sorted(rec.classes) == [f"c{k}" for k in range(6)] and np.mean(rec.learner.predict(X) == y) >= 0.95
+    assert {s["site"] for s in rec.sources} == {"s0", "s1", "s2"}
+    assert sum(rec.examples_seen.values()) == sum(sum(site(kind, c).examples_seen.values()) for c in parts)
+
+
+def test_merge_packages_checks_every_package_and_names_the_one_refused(keys):
+    from edgelearn.knowledge import merge_packages
+
+    a, _, trust = keys
+    signed, unsigned = site().to_bytes(key=a), site(classes=("c2",)).to_bytes()
+    with pytest.raises(SignatureError, match="b.edge: the package is not signed"):
+        merge_packages(signed, unsigned, policy=ImportPolicy(trust), names=["a.edge", "b.edge"])
+    other_backbone = site(fingerprint={**FINGERPRINT, "weights": "sha-of-other-weights"}).to_bytes(key=a)
+    with pytest.raises(IncompatibleError, match="another backbone"):
+        merge_packages(signed, other_backbone, policy=ImportPolicy(trust))
+    with pytest.raises(IncompatibleError, match="only knowledge of one learner kind"):
+        merge_packages(signed, site("fuzzy_artmap").to_bytes(key=a), policy=ImportPolicy(trust))
+    tampered = forged(site(), set_array("means_", poison(np.nan)), key=a)
+    with pytest.raises(ModelFileError, match="NaN"):
+        merge_packages(signed, tampered, policy=ImportPolicy(trust))
+
+
+def test_own_knowledge_keeps_its_settings_and_an_empty_one_adopts_any_learner():
+    from edgelearn.knowledge import merge_packages, parse_package
+
+    own = Recognizer(None, make_learner("ncm", temperature=2.0), fingerprint=FINGERPRINT, temperature=1.5)
+    own.learn_features(*blobs(n_classes=2, seed=0))
+    other = site("ncm", classes=("c1", "c2"), seed=1)
+    other.temperature = 0.7
+    manifest, _ = parse_package(merge_packages(other.to_bytes(), own=own.to_bytes(), policy=ALLOW_UNSIGNED))
+    assert manifest["learner"]["params"]["temperature"] == 2.0 and manifest["calibration"]["temperature"] == 1.5
+    assert manifest["learner"]["classes"] == ["c0", "c1", "c2"]  # this site's classes first, then the new ones
+    empty = Recognizer(None, make_learner("slda"), fingerprint=FINGERPRINT)
+    manifest, _ = parse_package(merge_packages(other.to_bytes(), own=empty.to_bytes(), policy=ALLOW_UNSIGNED))
+    assert manifest["learner"]["kind"] == "ncm" and manifest["learner"]["classes"] == ["c1", "c2"]

@@ -10,8 +10,8 @@ from flwr.app import Array, ArrayRecord, Message, MessageType, Metadata, MetricR
 from flwr.app.message import make_message
 
 from edgelearn.backbones import build_classifier
-from edgelearn.federation.deep import CountingFedAvg, local_training
-from edgelearn.federation.team import (
+from edgelearn.federation.training.features import local_training
+from edgelearn.federation.training.heads import (
     START_SCORE,
     DenseHead,
     PathHead,
@@ -20,6 +20,7 @@ from edgelearn.federation.team import (
     select_paths,
     split_mobilenet_v2,
 )
+from edgelearn.federation.training.strategies import CountingFedAvg
 
 CLASSES = ["a", "b", "c", "d"]
 

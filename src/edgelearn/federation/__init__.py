@@ -1,7 +1,8 @@
-"""Federation on Flower: sites exchange knowledge packages (records, never images or gradients).
+"""Federation on Flower: two pairs of Flower apps, each with its run config in a ``pyproject.toml`` beside it.
 
-``server_app.app`` and ``client_app.app`` are a Flower ServerApp and ClientApp (Message API).
-Each round the server asks every site for its *own* knowledge (what it learned from its own data,
-so nothing is counted twice), checks and merges the packages with the learners' ``merge``, and
-sends the merged knowledge back; sites keep learning between rounds.
+- :mod:`~edgelearn.federation.knowledge`: sites exchange knowledge packages (records, never images or
+  gradients), merged on the server with :func:`edgelearn.knowledge.merge_packages`.
+- :mod:`~edgelearn.federation.training`: sites train the network's last layers together (FedAvg or TeAM).
+
+:func:`edgelearn.federation.deploy.federate` runs either as real processes (a SuperLink, one SuperNode per site).
 """

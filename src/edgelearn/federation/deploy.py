@@ -10,54 +10,17 @@ import socket
 import subprocess
 import sys
 import time
+from importlib import resources
 from pathlib import Path
+
+import tomli_w
 
 from edgelearn.errors import FederationError
 from edgelearn.federation.tls import make_certificates, make_node_key
 
-APP_TOML = """\
-[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "edgelearn-federation"
-version = "1.0.0"
-description = "edgelearn: sites exchange knowledge packages"
-license = "Apache-2.0"
-dependencies = []
-
-[tool.flwr.app]
-publisher = "edgelearn"
-
-[tool.flwr.app.components]
-serverapp = "{serverapp}"
-clientapp = "{clientapp}"
-
-[tool.flwr.app.config]
-num-rounds = 1
-min-sites = 2
-consolidate = false
-backbone = "mobilenet_v2"
-learner = "slda"
-weights = ""
-input-size = 0
-trust-dir = ""
-allow-unsigned = false
-server-key = ""
-output = ""
-workdir = "federation"
-strategy = "fedavg"
-local-epochs = 1
-lr = 0.01
-path-fraction = 0.15
-new-classes = ""
-test-data = ""
-seed = 0
-"""
-#: what a federation exchanges: knowledge packages (module B) or the network's last layers (FedAvg / TeAM)
-APPS = {"knowledge": ("edgelearn.federation.server_app:app", "edgelearn.federation.client_app:app"),
-        "training": ("edgelearn.federation.deep:server_app", "edgelearn.federation.deep:client_app")}
+#: what a federation exchanges: knowledge packages (module B) or the network's last layers (FedAvg / TeAM);
+#: each is a Flower app whose pyproject.toml (components, run config and its defaults) lies beside its modules
+APPS = {"knowledge": "edgelearn.federation.knowledge", "training": "edgelearn.federation.training"}
 
 
 def _free_port() -> int:
@@ -66,11 +29,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _toml_value(value) -> str:
-    """A config value as Flower's ``k=v`` overrides expect it (TOML: quoted strings, lower-case bools)."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    return json.dumps(value) if isinstance(value, str) else str(value)
+def _write_toml(path: Path, values: dict) -> Path:
+    """A run or node config as a TOML file, which ``flwr run --run-config`` and ``--node-config`` read."""
+    path.write_text(tomli_w.dumps({k: str(v) if isinstance(v, os.PathLike) else v for k, v in values.items()
+                                   if v is not None}))
+    return path
 
 
 def _bin(name: str) -> str:
@@ -89,7 +52,7 @@ def federate(sites: dict[str, Path], workdir: Path, *, rounds: int = 1, config: 
     ``tls``: a private CA and a SuperLink certificate for loopback; every connection is then TLS.
     ``node_auth`` (needs ``tls``): only SuperNodes whose public keys were registered may connect.
     ``app``: ``knowledge`` (exchange knowledge packages) or ``training`` (train the network's last
-    layers with the ``strategy`` in ``config``: fedavg or team; see :mod:`edgelearn.federation.deep`).
+    layers with the ``strategy`` in ``config``: fedavg or team; see :mod:`edgelearn.federation.training`).
     """
     if app not in APPS:
         raise ValueError(f"app must be one of {', '.join(APPS)}, got {app!r}")
@@ -102,9 +65,7 @@ def federate(sites: dict[str, Path], workdir: Path, *, rounds: int = 1, config: 
     app_dir, home = workdir / "app", workdir / "flwr-home"
     app_dir.mkdir(parents=True, exist_ok=True)
     home.mkdir(exist_ok=True)
-    serverapp, clientapp = APPS[app]
-    toml = APP_TOML.replace("{serverapp}", serverapp).replace("{clientapp}", clientapp)
-    (app_dir / "pyproject.toml").write_text(toml)
+    (app_dir / "pyproject.toml").write_bytes((resources.files(APPS[app]) / "pyproject.toml").read_bytes())
     for stale in workdir.glob("superlink.db*"):  # a run's SuperLink starts empty: no nodes of an earlier run
         stale.unlink()
     link = _free_port()  # Flower 1.41 serves its Fleet, Control and Runtime APIs on one HTTP port
@@ -146,16 +107,16 @@ def federate(sites: dict[str, Path], workdir: Path, *, rounds: int = 1, config: 
                 node["key"] = str(Path(keys[name]).resolve())
             if config.get("trust-dir"):
                 node["trust"] = str(Path(config["trust-dir"]).resolve())
-            node_config = " ".join(f"{k}={_toml_value(v)}" for k, v in node.items())
+            node_config = _write_toml(workdir / f"node-{name}.toml", node)
             identity = ["--auth-supernode-private-key", str(node_keys[name])] if name in node_keys else []
             procs.append(_start([_bin("flower-supernode"), *node_security, *identity,
                                  "--superlink", f"127.0.0.1:{link}", "--port", str(_free_port()),
-                                 "--node-config", node_config],
+                                 "--node-config", str(node_config)],
                                 logs / f"supernode-{name}.log", env))
         run_config = {"num-rounds": rounds, "min-sites": len(sites), "output": str(output),
                       "workdir": str(workdir), **config}
-        overrides = " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items())
-        started = subprocess.run([_bin("flwr"), "run", str(app_dir), "local", "--run-config", overrides],
+        overrides = _write_toml(workdir / "run-config.toml", run_config)
+        started = subprocess.run([_bin("flwr"), "run", str(app_dir), "local", "--run-config", str(overrides)],
                                  env=env, capture_output=True, text=True, timeout=120)
         if started.returncode != 0:
             raise FederationError(f"flwr run failed: {(started.stderr or started.stdout).strip()[-500:]}")

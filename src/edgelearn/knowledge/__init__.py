@@ -2,6 +2,7 @@
 
 from edgelearn.errors import SignatureError
 from edgelearn.knowledge.keys import SiteKey, TrustStore
+from edgelearn.knowledge.merge import merge_packages, provenance
 from edgelearn.knowledge.package import (
     FORMAT,
     VERSION,
@@ -12,5 +13,5 @@ from edgelearn.knowledge.package import (
     write_package,
 )
 
-__all__ = ["FORMAT", "VERSION", "ImportPolicy", "SignatureError", "SiteKey", "TrustStore", "package_bytes",
-           "parse_package", "read_package", "write_package"]
+__all__ = ["FORMAT", "VERSION", "ImportPolicy", "SignatureError", "SiteKey", "TrustStore", "merge_packages",
+           "package_bytes", "parse_package", "provenance", "read_package", "write_package"]

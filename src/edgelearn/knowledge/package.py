@@ -16,7 +16,7 @@ import numpy as np
 from edgelearn.errors import ModelFileError, SignatureError
 from edgelearn.files import atomic_write_bytes, container_bytes, parse_container, read_container
 from edgelearn.knowledge.keys import SiteKey, TrustStore
-from edgelearn.knowledge.schema import check_learner, check_manifest
+from edgelearn.knowledge.schema import check_labels, check_learner, check_manifest
 
 FORMAT = "edgelearn.knowledge"
 VERSION = 1
@@ -103,6 +103,7 @@ def check_package(manifest: dict, arrays: dict[str, np.ndarray], path, *, policy
                              f"(this edgelearn reads version {VERSION})")
     check_manifest(manifest, path)
     check_learner(manifest["learner"], arrays, path)
+    check_labels(manifest, path)
     if manifest["integrity"]["sha256"] != digest(manifest, arrays):
         raise ModelFileError(f"{path}: integrity check failed: the file was damaged or altered")
     if policy is not None:

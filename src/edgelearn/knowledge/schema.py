@@ -3,7 +3,7 @@
 A package comes from elsewhere (another site, an upload, an old store version), so nothing in it is
 trusted: unknown keys are refused, not ignored, and the learner's state is checked by the learner
 class itself (:meth:`edgelearn.learners.Learner.check_state`: hyper-parameters, array names, dtypes,
-shapes, finiteness). Labels are checked by the label rule where it lives (the recognizer).
+shapes, finiteness), and every name it brings by the label rule.
 """
 
 import math
@@ -11,7 +11,8 @@ from collections import Counter
 
 import numpy as np
 
-from edgelearn.errors import ModelFileError
+from edgelearn.errors import LabelError, ModelFileError
+from edgelearn.labels import check_label
 from edgelearn.learners import LEARNERS
 
 MAX_CLASSES = 100_000
@@ -117,3 +118,20 @@ def check_learner(learner: dict, arrays: dict[str, np.ndarray], path) -> None:
         LEARNERS[kind].check_state({**learner, "arrays": arrays})
     except ModelFileError as exc:
         raise ModelFileError(f"{path}: {exc}") from None
+
+
+def check_labels(manifest: dict, path) -> None:
+    """Every name a package brings (classes, examples seen, the learner's unknown label, sites) must pass
+    the label rule as it stands: a package cannot bring in a name the station would refuse."""
+    learner = manifest["learner"]
+    names = [*learner.get("classes", []), *manifest.get("examples_seen", {})]
+    names += [s for s in [manifest.get("site"), *(s.get("site") for s in manifest.get("sources", []))]
+              if isinstance(s, str)]  # site names end up in the store and in messages
+    if learner["params"].get("unknown_label") is not None:
+        names.append(learner["params"]["unknown_label"])
+    for name in names:
+        try:
+            if check_label(name) != name:
+                raise LabelError(f"invalid label {name!r}: spaces or slashes at its ends")
+        except LabelError as exc:
+            raise LabelError(f"{path}: {exc}") from None

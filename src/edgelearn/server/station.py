@@ -24,7 +24,7 @@ from edgelearn.backbones import build_backbone
 from edgelearn.errors import EdgelearnError, ImageError, SignatureError
 from edgelearn.explain import HeatMapper, expected_calibration_error, get_similarity, nearest, overlay, png_bytes
 from edgelearn.explain.calibration import OnlineTemperature
-from edgelearn.knowledge import ImportPolicy, TrustStore
+from edgelearn.knowledge import ImportPolicy, TrustStore, merge_packages, parse_package, provenance
 from edgelearn.labels import check_label
 from edgelearn.recognizer import Recognizer
 from edgelearn.server.batching import Batcher
@@ -310,11 +310,11 @@ class Station:
         """Merge another site's knowledge package (checked: format, schema, integrity, backbone, and
         a trusted site's signature unless unsigned imports are allowed). The merge is built on a copy,
         committed as a version, and only then swapped in: a failure changes neither memory nor store."""
-        other = Recognizer.from_bytes(data, name, backbone=self.rec.backbone, policy=self._import_policy())
-        site = (other.sources[0].get("site") if other.sources else None) or "unknown"
-        with self._lock:
-            # nothing learned here yet: adopt it, whatever its learner kind
-            merged = self._configured(other if not self.rec.classes else self.rec.copy().merge(other))
+        policy = self._import_policy()
+        site = provenance(parse_package(data, name, policy=policy)[0])[0].get("site") or "unknown"
+        with self._lock:  # an empty station adopts the package, whatever its learner kind
+            package = merge_packages(data, policy=policy, own=self.rec.to_bytes(), names=[name])
+            merged = self._configured(Recognizer.from_bytes(package, name, backbone=self.rec.backbone))
             version = self._new_version(f"merge from {site}", user, merged, site=site)
             self._adopt(merged)
         self.store.record_site(site)

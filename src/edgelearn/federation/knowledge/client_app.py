@@ -3,7 +3,7 @@
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from edgelearn.federation.site import Site
+from edgelearn.federation.knowledge.site import Site
 
 
 def create_client_app(config: dict | None = None) -> ClientApp:

@@ -1,41 +1,14 @@
 """Flower ServerApp: collect every site's own knowledge, merge it, send the merged knowledge back."""
 
 import json
-import tempfile
-import time
 from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from edgelearn.errors import FederationError
-from edgelearn.knowledge import ImportPolicy, SiteKey, TrustStore
-from edgelearn.recognizer import Recognizer
-
-
-def merge_packages(packages: list[bytes], *, policy: ImportPolicy, consolidate: bool,
-                   key: SiteKey | None) -> bytes:
-    """Check (as ``policy`` says) and merge site packages (bytes) into one package (bytes), signed by ``key``
-    if given."""
-    with tempfile.TemporaryDirectory() as tmp:
-        recs = []
-        for i, data in enumerate(packages):
-            path = Path(tmp) / f"site{i}.edge"
-            path.write_bytes(data)
-            recs.append(Recognizer.load(path, with_backbone=False, policy=policy))
-        merged = recs[0].merge(*recs[1:])
-        if consolidate:
-            merged.consolidate()
-        return merged.save(Path(tmp) / "merged.edge", key=key, site=key.site if key else "server").read_bytes()
-
-
-def wait_for_nodes(grid: Grid, count: int, timeout: float = 120.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while len(nodes := list(grid.get_node_ids())) < count:
-        if time.monotonic() > deadline:
-            raise FederationError(f"only {len(nodes)} of {count} sites connected within {timeout:.0f} s")
-        time.sleep(0.5)
-    return nodes
+from edgelearn.federation.nodes import wait_for_nodes
+from edgelearn.knowledge import ImportPolicy, SiteKey, TrustStore, merge_packages
 
 
 def create_server_app(config: dict | None = None) -> ServerApp:
@@ -63,7 +36,9 @@ def run(cfg: dict, grid: Grid) -> list[dict]:
         if not replies:
             raise FederationError(f"round {rnd}: no site answered")
         packages = [r.content["knowledge"]["package"] for r in replies]
-        merged = merge_packages(packages, policy=policy, consolidate=bool(cfg.get("consolidate", False)), key=key)
+        merged = merge_packages(*packages, policy=policy, consolidate=bool(cfg.get("consolidate", False)), key=key,
+                                site=key.site if key else "server",
+                                names=[f"site {r.content['knowledge']['site']}'s package" for r in replies])
         give = [Message(RecordDict({"knowledge": ConfigRecord({"package": merged})}), dst_node_id=n,
                         message_type=MessageType.EVALUATE) for n in nodes]
         results = [dict(r.content["metrics"]) for r in grid.send_and_receive(give) if not r.has_error()]
