@@ -14,11 +14,12 @@ from edgelearn.recognizer import Recognizer
 
 def representatives(
     dataset: Annotated[Path, typer.Argument(help="Folder data set: <class>/<sub...>/*.jpg.")],
-    per_class: Annotated[int, typer.Option(help="Representatives per class.")] = 5,
+    per_class: Annotated[int, typer.Option(min=1, help="Representatives per class.")] = 5,
     method: Annotated[Similarity, typer.Option(help="How images are compared: image hashes, colour histograms, "
                                                     "SSIM, MSE, or the backbone's features.")] = Similarity.phash,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Copy them into OUTPUT/<class>/.")] = None,
-    max_candidates: Annotated[int, typer.Option(help="Compare at most this many images per class (seeded draw).")]
+    max_candidates: Annotated[int, typer.Option(min=1, help="Compare at most this many images per class "
+                                                             "(seeded draw).")]
     = 200,
     seed: Annotated[int, typer.Option(help="Seed of the draw.")] = 0,
     weights: Weights = None,
@@ -57,7 +58,7 @@ def frames(
     output: Annotated[Path, typer.Option("-o", "--output", help="Image data set to write.")],
     every: Annotated[int, typer.Option(min=1, help="Keep every n-th frame.")] = 10,
     dedupe: Annotated[Dedupe, typer.Option(help="phash (drop near-duplicate frames) or none.")] = Dedupe.phash,
-    max_distance: Annotated[int, typer.Option(help="phash bits within which frames count as duplicates.")] = 4,
+    max_distance: Annotated[int, typer.Option(min=0, help="phash bits within which frames count as duplicates.")] = 4,
     as_json: Json = False,
 ):
     """Turn short videos into a labelled image data set (one folder per concept)."""
@@ -79,7 +80,7 @@ def compress(
     = Precision.int8,
     calibration: Annotated[Path | None, typer.Option(help="Folder data set: its train/ split calibrates int8, "
                                                           "its test/ split checks the export.")] = None,
-    calibration_per_class: Annotated[int, typer.Option(help="Calibration images per class.")] = 10,
+    calibration_per_class: Annotated[int, typer.Option(min=1, help="Calibration images per class.")] = 10,
     as_json: Json = False,
 ):
     """Export a classifier, head included, to ONNX at a precision (or torch.export) and check it against PyTorch

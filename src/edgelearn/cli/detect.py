@@ -22,13 +22,13 @@ def detector_train(
                                                "boxes (knowledge distillation).")] = False,
     exemplars: Annotated[Path | None, typer.Option(help="With --from: the old VOC folder; --per-class random "
                                                         "images of each old class join the training.")] = None,
-    per_class: Annotated[int, typer.Option(help="Exemplar images per old class.")] = 20,
-    epochs: Annotated[int, typer.Option(help="Passes over the training images.")] = 30,
-    views: Annotated[int, typer.Option(help="Cached views per image: 1 the image, 2 + its mirror, more + SSD "
+    per_class: Annotated[int, typer.Option(min=1, help="Exemplar images per old class.")] = 20,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training images.")] = 30,
+    views: Annotated[int, typer.Option(min=1, help="Cached views per image: 1 the image, 2 + its mirror, more + SSD "
                                             "augmentations.")] = 2,
-    size: Annotated[int, typer.Option(help="Square input size.")] = 320,
+    size: Annotated[int, typer.Option(min=1, help="Square input size.")] = 320,
     lr: Annotated[float | None, typer.Option(help="Learning rate (AdamW; default 1e-3, with --from 3e-4).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 16,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per step.")] = 16,
     weights: Weights = None,
     seed: Annotated[int, typer.Option(help="Seed of the split, sampling and augmentation.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUTPUT.ckpt after an interruption.")] = False,

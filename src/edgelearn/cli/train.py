@@ -22,21 +22,22 @@ def train(
     = Strategy.frozen,
     mode: Annotated[Mode, typer.Option(help="single (this process), ddp (synchronous data parallel) or ps "
                                             "(asynchronous parameter server).")] = Mode.single,
-    workers: Annotated[int, typer.Option(help="ddp/ps: worker processes.")] = 2,
-    threads: Annotated[int | None, typer.Option(help="Threads per process (default: cores / workers).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="ddp/ps: worker processes.")] = 2,
+    threads: Annotated[int | None, typer.Option(min=1, help="Threads per process (default: cores / workers).")] = None,
     address: Annotated[str | None, typer.Option(help="ps across machines: HOST:PORT the server listens on "
                                                      "(no local workers) and the workers join.")] = None,
-    rank: Annotated[int | None, typer.Option(help="ps across machines: run as this worker (1..workers) of the "
+    rank: Annotated[int | None, typer.Option(min=1, help="ps across machines: run as this worker (1..workers) of the "
                                                   "server at --address.")] = None,
-    epochs: Annotated[int, typer.Option(help="Passes over the training images.")] = 5,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training images.")] = 5,
     lr: Annotated[float | None, typer.Option(help="Learning rate (default by strategy).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per step (per worker).")] = 32,
-    blocks: Annotated[int, typer.Option(help="partial: how many of the last blocks learn.")] = 3,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per step (per worker).")] = 32,
+    blocks: Annotated[int, typer.Option(min=1, help="partial: how many of the last blocks learn.")] = 3,
     backbone: Backbone = "mobilenet_v2",
     weights: Weights = None,
-    input_size: Annotated[int | None, typer.Option(help="Square input size.")] = None,
-    patch: Annotated[int | None, typer.Option(help="Train on patches of this size (inspection protocol).")] = None,
-    grid: Annotated[int, typer.Option(help="With --patch: grid x grid patches cover a test image.")] = 3,
+    input_size: Annotated[int | None, typer.Option(min=1, help="Square input size.")] = None,
+    patch: Annotated[int | None, typer.Option(min=1, help="Train on patches of this size (inspection protocol).")]
+    = None,
+    grid: Annotated[int, typer.Option(min=1, help="With --patch: grid x grid patches cover a test image.")] = 3,
     start_from: Annotated[Path | None, typer.Option("--from", help="Continue from an earlier result (an online "
                                                                    "session on new data).")] = None,
     max_norm: Annotated[float | None, typer.Option(help="Weight constraint: each unit's weights at most this "
@@ -73,15 +74,17 @@ def distill(
     = Path("student.pt"),
     filters: Annotated[str, typer.Option(help="Filters of the five conv layers (Kim, Noh and Park's Table 1).")]
     = "4,8,16,4,4",
-    hidden: Annotated[int, typer.Option(help="Units of the hidden fully connected layer.")] = 256,
-    alpha: Annotated[float, typer.Option(help="Weight of the hard labels next to the teacher's logits.")] = 0.0,
-    patches_per_image: Annotated[int, typer.Option(help="Random flipped/rotated patches per training image.")] = 8,
-    epochs: Annotated[int, typer.Option(help="Passes over the transfer set.")] = 30,
+    hidden: Annotated[int, typer.Option(min=1, help="Units of the hidden fully connected layer.")] = 256,
+    alpha: Annotated[float, typer.Option(min=0, max=1, help="Weight of the hard labels next to the teacher's "
+                                                             "logits.")] = 0.0,
+    patches_per_image: Annotated[int, typer.Option(min=1, help="Random flipped/rotated patches per training "
+                                                                "image.")] = 8,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the transfer set.")] = 30,
     lr: Annotated[float, typer.Option(help="Learning rate (AdamW).")] = 3e-3,
-    batch_size: Annotated[int, typer.Option(help="Patches per step.")] = 64,
-    patch: Annotated[int, typer.Option(help="Without a teacher: patch size.")] = 128,
-    grid: Annotated[int, typer.Option(help="Without a teacher: grid x grid test patches.")] = 3,
-    input_size: Annotated[int | None, typer.Option(help="The student's input (default: the teacher's, or the "
+    batch_size: Annotated[int, typer.Option(min=1, help="Patches per step.")] = 64,
+    patch: Annotated[int, typer.Option(min=1, help="Without a teacher: patch size.")] = 128,
+    grid: Annotated[int, typer.Option(min=1, help="Without a teacher: grid x grid test patches.")] = 3,
+    input_size: Annotated[int | None, typer.Option(min=1, help="The student's input (default: the teacher's, or the "
                                                         "patch size); smaller = patches scaled down.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split, patches and initial weights.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUTPUT.ckpt after an interruption.")] = False,

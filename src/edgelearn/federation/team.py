@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edgelearn.errors import ParameterError
+
 SHARED_BLOCKS = 17  # MobileNetV2's features[:17] stay shared and frozen
 # Every path starts out saying "not my class" (sigmoid 0.12) with zero weights on its features: a
 # site trains a path only against the classes it holds, and a path's score on classes it never met
@@ -142,7 +144,7 @@ class PathHead(nn.Module):
         """A model with only these classes' paths (the shared layers stay on the site)."""
         missing = sorted(set(classes) - set(self.classes))
         if missing:
-            raise ValueError(f"no critical path for {', '.join(missing)}")
+            raise ParameterError(f"no critical path for {', '.join(missing)}")
         indices = [self.classes.index(c) for c in classes]
         head = PathHead(classes, self.sizes, self.E.in_channels)
         head.load_state_dict(self.path_state(indices))

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
+from edgelearn.errors import ParameterError
+
 PAPER_FILTERS = (4, 8, 16, 4, 4)
 
 
@@ -32,7 +34,7 @@ class Student(nn.Sequential):
 
     def __init__(self, config: StudentConfig):
         if len(config.filters) < 1 or min(config.filters) < 1 or config.hidden < 1:
-            raise ValueError(f"a student needs positive filter counts and hidden units, got {config}")
+            raise ParameterError(f"a student needs positive filter counts and hidden units, got {config}")
         layers, channels, side = [], config.in_channels, config.input_size
         for width in config.filters:
             layers += [nn.Conv2d(channels, width, 3, padding=1)]
@@ -40,7 +42,7 @@ class Student(nn.Sequential):
             layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             channels, side = width, side // 2
         if side < 1:
-            raise ValueError(f"{len(config.filters)} poolings leave nothing of a {config.input_size}-pixel input")
+            raise ParameterError(f"{len(config.filters)} poolings leave nothing of a {config.input_size}-pixel input")
         layers += [nn.Flatten(), nn.Linear(channels * side * side, config.hidden), nn.ReLU(inplace=True),
                    nn.Linear(config.hidden, config.num_classes)]
         super().__init__(*layers)

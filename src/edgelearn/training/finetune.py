@@ -28,7 +28,7 @@ from edgelearn.backbones import build_classifier
 from edgelearn.data import FolderDataset
 from edgelearn.data.images import load_image
 from edgelearn.data.patches import GridPatches, PatchGrid, RandomPatches
-from edgelearn.errors import DatasetError, ModelFileError
+from edgelearn.errors import DatasetError, ModelFileError, ParameterError
 from edgelearn.files import atomic_write_bytes
 from edgelearn.training.loop import fit
 
@@ -169,13 +169,13 @@ def train(dataset: str | os.PathLike, output: str | os.PathLike, *, mode: str = 
         summary = job.summary
     elif mode == "ps" and rank is not None:
         if not address:
-            raise ValueError("a worker (rank) needs the parameter server's address")
+            raise ParameterError("a worker (rank) needs the parameter server's address")
         distributed.join_ps(dict(settings, dataset=dataset, output=output), rank=rank, workers=workers,
                             address=address, threads=threads)
         return {"mode": mode, "rank": rank, "server": address}
     elif mode == "ddp":
         if address or rank is not None:
-            raise ValueError("address and rank are for the parameter server (mode ps)")
+            raise ParameterError("address and rank are for the parameter server (mode ps)")
         summary, history, best = distributed.run_ddp(dict(settings, dataset=dataset, output=output), workers=workers,
                                                      threads=threads, resume=resume, log=log)
     else:
