@@ -4,6 +4,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -74,12 +75,14 @@ def test_a_model_learned_in_one_step_consolidated_after_each(runner, image_folde
 @pytest.mark.parametrize("args, message", [
     (["learn", "/no/such/folder", *TINY], "not found"),
     (["predict", "/no/such/model.edge", "x.png"], "no such file"),
+    (["learn", "{data}", "--steps", "99", *TINY], "cannot split 18 examples into 99 steps"),
+    (["federate", "--site", "a={data}", "--allow-unsigned", "--node-auth", "--workdir", "{data}/fw"], "needs TLS"),
 ])
 def test_user_errors_are_one_line_exit_1(runner, image_folder, args, message):
     result = runner.invoke(app, [a.format(data=image_folder) for a in args])
-    assert result.exit_code == 1
-    assert message in result.stderr and "Traceback" not in result.output
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    error = result.stderr.strip().splitlines()[-1]  # after any progress lines
+    assert error.startswith("error: ") and message in error
 
 
 @pytest.mark.parametrize("args, wrong, choices", [
@@ -116,6 +119,54 @@ def test_options_that_would_be_ignored_are_refused(runner, image_folder, tmp_pat
                   ["--backbone", "tiny"], ["--consolidate"]):
         result = runner.invoke(app, ["federate-train", *sites, "--strategy", "team", *extra])
         assert result.exit_code == 2 and "No such option" in result.stderr
+    for mode, extra in (("single", ["--rank", "1"]), ("single", ["--workers", "3"]), ("ddp", ["--address", "h:1"])):
+        result = runner.invoke(app, ["train", str(image_folder), "--mode", mode, *extra, *TINY])
+        assert result.exit_code == 2 and extra[0] in result.stderr
+
+
+def test_a_bug_keeps_its_traceback_while_a_user_error_is_one_line(runner, image_folder, tmp_path, monkeypatch):
+    from edgelearn.errors import NotFittedError
+    from edgelearn.recognizer import Recognizer
+
+    def broken(*args, **kwargs):
+        raise ValueError("index 3 is out of bounds for axis 0 with size 3")  # a bug, not the user's doing
+
+    monkeypatch.setattr(Recognizer, "load", broken)
+    result = runner.invoke(app, ["info", str(tmp_path / "m.edge")])
+    assert isinstance(result.exception, ValueError) and "error:" not in result.stderr
+
+    def not_fitted(*args, **kwargs):
+        raise NotFittedError("this model has learned nothing yet")
+
+    monkeypatch.setattr(Recognizer, "load", not_fitted)
+    result = runner.invoke(app, ["info", str(tmp_path / "m.edge")])
+    assert result.exit_code == 1 and result.stderr.strip() == "error: this model has learned nothing yet"
+
+
+def test_every_choice_matches_the_library_and_every_cli_module_stays_small():
+    from edgelearn.backbones.backbone import RUNTIMES
+    from edgelearn.cli import options
+    from edgelearn.compress.quantize import PRECISIONS
+    from edgelearn.detection.models import ARCHITECTURES
+    from edgelearn.evaluation import CONSOLIDATION
+    from edgelearn.explain.representatives import METHODS
+    from edgelearn.federation.deep import STRATEGIES as FEDERATED
+    from edgelearn.learners import ALIASES, LEARNERS
+    from edgelearn.learners.fuzzy_artmap import STRATEGIES as FOLDS
+    from edgelearn.training.distributed import MODES
+    from edgelearn.training.finetune import STRATEGIES
+
+    def values(choices):
+        return sorted(c.value for c in choices)
+
+    assert values(options.Runtime) == sorted(RUNTIMES) and values(options.Precision) == sorted(PRECISIONS)
+    assert values(options.Arch) == sorted(ARCHITECTURES) and values(options.Consolidation) == sorted(CONSOLIDATION)
+    assert values(options.Similarity) == sorted(METHODS) and values(options.FederatedStrategy) == sorted(FEDERATED)
+    assert values(options.Fold) == sorted(FOLDS) and values(options.Mode) == sorted(MODES)
+    assert values(options.Strategy) == sorted(STRATEGIES)
+    assert sorted(ALIASES.get(v, v) for v in values(options.Learner)) == sorted(LEARNERS)
+    package = Path(options.__file__).parent
+    assert [p.name for p in package.glob("*.py") if len(p.read_text().splitlines()) > 250] == []
 
 
 def test_corrupt_image_and_usage_error_from_the_real_command(image_folder, tmp_path):

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgelearn.cli.options import Backbone, Json, Mode, Strategy, Weights, default_weights
+from edgelearn.cli.options import Backbone, Json, Mode, Strategy, Weights, default_weights, refuse_together
 from edgelearn.cli.output import emit, err, history_table, log
 from edgelearn.data import FolderDataset
 from edgelearn.errors import ParameterError
@@ -53,6 +53,8 @@ def train(
     from edgelearn.data.patches import PatchGrid
     from edgelearn.training import train as run_train
 
+    if mode != Mode.ps:  # only the parameter server runs across machines
+        refuse_together(f"--mode {mode}", "address", "rank", *(["workers"] if mode == Mode.single else []))
     result = run_train(dataset, output, mode=mode.value, workers=workers, threads=threads, address=address, rank=rank,
                        backbone=backbone,
                        weights=default_weights(weights), strategy=strategy.value, epochs=epochs, lr=lr,
