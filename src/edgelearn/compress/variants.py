@@ -1,4 +1,4 @@
-"""Compare the variants of module A on one data set: the layout of paper 001's figures 4-8 (top-1,
+"""Compare the variants of module A on one data set: the layout of Rieder et al.'s figures 4-8 (top-1,
 top-5, size, latency) for the features our learners use: each variant's features feed a fresh
 streaming LDA learned on the training split and tested on the test split."""
 

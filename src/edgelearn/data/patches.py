@@ -1,4 +1,4 @@
-"""Patches of an image (paper 003's inspection protocol).
+"""Patches of an image (Kim, Noh and Park's inspection protocol).
 
 Training sees one patch per image and epoch (for a defective image one that contains the defect,
 when its box is known); testing covers the whole image with a grid of overlapping patches, so a

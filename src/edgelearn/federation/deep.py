@@ -1,4 +1,4 @@
-"""Federated training of the network's last layers on Flower: FedAvg or TeAM (paper 004).
+"""Federated training of the network's last layers on Flower: FedAvg or TeAM (Qin et al.).
 
 The shared layers (MobileNetV2 ``features[:17]``, ImageNet weights) stay frozen, so every site
 computes its images' shared feature maps once and trains only the decoupled layers on them, for
@@ -52,7 +52,7 @@ from edgelearn.training.loop import cross_entropy, run_batches
 
 STRATEGIES = ("fedavg", "team")
 PATH_FRACTION = 0.15  # of each decoupled layer's filters per class path
-NEW_PATH_LR = 10.0  # paper 004: a new class's critical path learns 10x faster than the old ones
+NEW_PATH_LR = 10.0  # Qin et al.: a new class's critical path learns 10x faster than the old ones
 
 
 # --- what a site computes -------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""TeAM (paper 004): a pretrained CNN's last layers decoupled into per-class critical paths.
+"""TeAM (Qin et al.): a pretrained CNN's last layers decoupled into per-class critical paths.
 
 MobileNetV2 splits into *shared layers* (``features[:17]``, frozen: every site computes their
 feature maps once) and the *decoupled layers* (block 17's expand / depthwise / project convolutions,

@@ -1,4 +1,4 @@
-"""What a network learned (paper 003 section 4.1): per-layer weight change, dead-channel sparsity,
+"""What a network learned (Kim, Noh and Park, section 4.1): per-layer weight change, dead-channel sparsity,
 and the disentanglement of its last convolutional representation.
 
 - ``weight_change``: gamma^l = ||w_converged - w_0|| / ||w_0|| per conv layer (eq. 2).

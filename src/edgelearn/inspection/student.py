@@ -1,4 +1,4 @@
-"""The shallow student of paper 003 (Table 1): five 3x3 conv layers, each followed by ReLU and 2x2
+"""The shallow student of Kim, Noh and Park (Table 1): five 3x3 conv layers, each followed by ReLU and 2x2
 max-pooling, then two fully connected layers. With filters (4, 8, 16, 4, 4), a 4096-unit hidden
 layer, 224-pixel RGB input and 12 classes it has the paper's 858,380 parameters; a smaller hidden
 layer keeps it under 1/100 of a MobileNetV2."""

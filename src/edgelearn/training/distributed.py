@@ -7,7 +7,7 @@ process; they differ in who steps the optimiser.
   each training on every world-th image of the epoch; gradients are averaged every step. A worker
   that dies stops the collective, so the run restarts every process from the last epoch's checkpoint
   (as torchrun's elastic agent does), up to ``max_restarts`` times.
-- ``ps`` (paper 002, Algorithm 1, on ``torch.distributed.rpc``): rank 0 is the parameter server and
+- ``ps`` (Mottakin's Algorithm 1, on ``torch.distributed.rpc``): rank 0 is the parameter server and
   holds the model; each worker pulls the current trainable parameters in a distributed-autograd
   context, runs forward and backward on its own share of the epoch, and steps a
   ``DistributedOptimizer`` that updates the server's parameters, without waiting for the other
