@@ -71,3 +71,7 @@ class BusyError(EdgelearnError, RuntimeError):
 
 class ParameterError(EdgelearnError, ValueError):
     """A parameter is out of range, or options were combined that do not go together."""
+
+
+class WriteError(EdgelearnError, OSError):
+    """A result could not be written where asked: a file stands where a folder should, or no permission."""

@@ -76,6 +76,7 @@ def test_a_model_learned_in_one_step_consolidated_after_each(runner, image_folde
     (["learn", "/no/such/folder", *TINY], "not found"),
     (["predict", "/no/such/model.edge", "x.png"], "no such file"),
     (["learn", "{data}", "--steps", "99", *TINY], "cannot split 18 examples into 99 steps"),
+    (["learn", "{data}", "-o", "{data}/test/red/red_0.png/m.edge", *TINY], "cannot write"),
     (["federate", "--site", "a={data}", "--allow-unsigned", "--node-auth", "--workdir", "{data}/fw"], "needs TLS"),
 ])
 def test_user_errors_are_one_line_exit_1(runner, image_folder, args, message):
