@@ -18,22 +18,25 @@ detector_app = typer.Typer(help="Object detectors: train (new classes without fo
 store_app = typer.Typer(help="A station's store: check (and repair), back up.", no_args_is_help=True)
 
 
-def _register(group: typer.Typer, *commands, names: tuple[str, ...] = ()) -> None:
-    """Add commands to a group; a user's mistake in any of them ends as one line, not a traceback."""
-    for command, name in zip(commands, names or (None,) * len(commands), strict=True):
+def _register(group: typer.Typer, *commands, **named) -> None:
+    """Add commands to a group (named after their function, or by keyword); a user's mistake in any of
+    them ends as one line on stderr, not a traceback."""
+    for command in commands:
+        group.command()(user_errors(command))
+    for name, command in named.items():
         group.command(name)(user_errors(command))
 
 
-_register(app, station.serve, recognize.learn, recognize.predict, recognize.evaluate, recognize.calibrate,
-          recognize.consolidate, recognize.info, recognize.demo, share.merge, share.federate)
-_register(app, share.federate_train, names=("federate-train",))
-_register(keys_app, share.keys_new, names=("new",))
-_register(app, data.representatives, data.frames, data.compress, train.train, train.distill, train.inspect,
-          train.analyse)
-_register(detector_app, detect.detector_train, detect.detector_evaluate, detect.detector_export,
-          names=("train", "evaluate", "export"))
+_register(app, recognize.learn, recognize.predict, recognize.evaluate, recognize.calibrate, recognize.consolidate,
+          recognize.info, recognize.demo)
+_register(app, station.serve)
+_register(app, share.merge, share.federate, share.federate_train)
+_register(app, train.train, train.distill, train.inspect, train.analyse)
+_register(app, data.representatives, data.frames, data.compress)
 _register(app, detect.detect)
-_register(store_app, station.store_check, station.store_backup, names=("check", "backup"))
+_register(keys_app, new=share.keys_new)
+_register(detector_app, train=detect.detector_train, evaluate=detect.detector_evaluate, export=detect.detector_export)
+_register(store_app, check=station.store_check, backup=station.store_backup)
 app.add_typer(keys_app, name="keys")
 app.add_typer(detector_app, name="detector")
 app.add_typer(store_app, name="store")
