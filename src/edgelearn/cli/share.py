@@ -25,7 +25,7 @@ from edgelearn.recognizer import Recognizer
 
 Sites = Annotated[list[str], typer.Option("--site", help="NAME=FOLDER of a site's data (train/, test/); repeat "
                                                          "per site.")]
-Rounds = Annotated[int, typer.Option(min=1, help="Rounds.")]
+Rounds = Annotated[int, typer.Option(min=1, help="Rounds of the federation.")]
 Workdir = Annotated[Path, typer.Option(help="Where sites keep their state, and the logs.")]
 Tls = Annotated[bool, typer.Option(help="TLS on every connection (a private CA for loopback).")]
 NodeAuth = Annotated[bool, typer.Option(help="Only registered SuperNodes may connect (needs --tls).")]
@@ -116,7 +116,7 @@ def federate(
 
 def federate_train(
     site: Sites,
-    strategy: Annotated[FederatedStrategy, typer.Option(help="fedavg (average the layers) or team (TeAM: "
+    strategy: Annotated[FederatedStrategy, typer.Option(help="fedavg (average the layers) or team (TeAM, Qin et al.: "
                                                              "per-class critical paths).")],
     rounds: Rounds = 1,
     workdir: Workdir = Path("federation"),
