@@ -67,3 +67,11 @@ class TooLargeError(ImageError):
 
 class BusyError(EdgelearnError, RuntimeError):
     """The station is at its limit of concurrent work; the client should try again in a moment."""
+
+
+class ParameterError(EdgelearnError, ValueError):
+    """A parameter is out of range, or options were combined that do not go together."""
+
+
+class WriteError(EdgelearnError, OSError):
+    """A result could not be written where asked: a file stands where a folder should, or no permission."""

@@ -11,7 +11,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from edgelearn.errors import ModelFileError
+from edgelearn.errors import ModelFileError, WriteError
 
 MANIFEST_KEY = "edgelearn"
 MAX_FILE_BYTES = 2 * 2**30
@@ -30,8 +30,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int = 0o64
     before any byte is written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # the folder the user named cannot hold the file: say which, without a traceback
+        raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
@@ -84,12 +87,17 @@ def container_bytes(manifest: dict, arrays: dict[str, np.ndarray]) -> bytes:
 
 def read_container(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     """Read a file written by :func:`write_container`; any damage raises :class:`ModelFileError`."""
+    return parse_container(read_model_file(path), path)
+
+
+def read_model_file(path: str | os.PathLike) -> bytes:
+    """A model or package file's bytes: a missing or oversized file is a :class:`ModelFileError`."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such file")
     if path.stat().st_size > MAX_FILE_BYTES:
         raise ModelFileError(f"{path}: larger than {MAX_FILE_BYTES // 2**30} GiB, refusing to read it")
-    return parse_container(path.read_bytes(), path)
+    return path.read_bytes()
 
 
 def parse_container(data: bytes, path) -> tuple[dict, dict[str, np.ndarray]]:

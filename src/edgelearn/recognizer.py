@@ -19,7 +19,7 @@ from rich.progress import track
 from edgelearn.backbones import Backbone, build_backbone
 from edgelearn.data.cache import FeatureCache, content_hash
 from edgelearn.data.images import load_image, to_rgb
-from edgelearn.errors import IncompatibleError
+from edgelearn.errors import DatasetError, IncompatibleError
 from edgelearn.explain.calibration import fit_temperature
 from edgelearn.files import atomic_write_bytes
 from edgelearn.knowledge import ImportPolicy, SiteKey, package_bytes, parse_package, read_package
@@ -166,7 +166,7 @@ class Recognizer:
         index = {c: i for i, c in enumerate(self.classes)}
         keep = [i for i, label in enumerate(labels) if label in index]
         if not keep:
-            raise ValueError("none of the calibration examples belongs to a known class")
+            raise DatasetError("none of the calibration examples belongs to a known class")
         logits = self.learner.predict_logits(np.asarray(features)[keep])
         self.temperature = fit_temperature(logits, [index[labels[i]] for i in keep])
         return self.temperature

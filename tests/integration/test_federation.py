@@ -103,10 +103,10 @@ def test_sites_train_the_last_layers_together(sites, tmp_path, strategy):
             (test_all / "test" / folder.name).mkdir(parents=True)
             for image in folder.iterdir():
                 (test_all / "test" / folder.name / image.name).symlink_to(image)
-    args = [*[f"--site={k}={v}" for k, v in sites.items()], "--train", strategy, "--rounds", "2", "--local-epochs",
+    args = [*[f"--site={k}={v}" for k, v in sites.items()], "--strategy", strategy, "--rounds", "2", "--local-epochs",
             "3", "--input-size", "64", "--weights", str(weights), "--test", str(test_all),
             "--workdir", str(tmp_path / "w")]
-    result = CliRunner().invoke(app, ["federate", *args, "--json"])
+    result = CliRunner().invoke(app, ["federate-train", *args, "--json"])
     assert result.exit_code == 0, result.output
     history = json.loads(result.stdout)
     rounds = history["rounds"]

@@ -313,4 +313,4 @@ def test_cli_errors_are_one_line(voc, tmp_path):
     assert fake.exit_code == 1 and "fake.onnx: not a model ONNX Runtime can run" in fake.stderr
     arch = runner.invoke(app, ["detector", "train", str(make_voc(tmp_path / "ok")), "--arch", "yolo",
                                "--weights", "random"])
-    assert arch.exit_code == 1 and "unknown detector 'yolo'" in arch.stderr
+    assert arch.exit_code == 2 and "yolo" in arch.stderr and "ssdlite" in arch.stderr  # a usage error

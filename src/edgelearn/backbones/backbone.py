@@ -206,7 +206,7 @@ def build_backbone(name: str = "mobilenet_v2", *, weights: str | os.PathLike | N
     weights : a local state-dict file, ``"download"`` (torchvision's own, needs the network),
         ``"random"`` (seeded random init, for tests), or ``None``: ``$EDGELEARN_WEIGHTS`` if set,
         else ``"download"``. A sidecar ``<file>.json`` sets padding and preprocessing.
-    input_size : the square crop fed to the network (224 standard; the DICLA paper used 96).
+    input_size : the square crop fed to the network (224 standard; Maschler et al. used 96).
     seed : seed of the random init (recorded in the fingerprint).
     runtime : ``"torch"`` or ``"onnx"`` (ONNX Runtime for inference; the same features, faster on CPUs).
     precision, calibration : ONNX Runtime only: see :meth:`Backbone.use_onnx`.

@@ -21,6 +21,7 @@ from edgelearn.compress.onnx import export_onnx
 from edgelearn.compress.quantize import PRECISIONS, quantize
 from edgelearn.data import FolderDataset
 from edgelearn.data.images import load_image
+from edgelearn.errors import ParameterError
 from edgelearn.files import atomic_write_bytes
 
 
@@ -35,7 +36,7 @@ def compress_classifier(model: str | os.PathLike, output: str | os.PathLike, *, 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if calibration is None:
-        raise ValueError("give --calibration DATASET: images to calibrate int8 ranges and to check the export on")
+        raise ParameterError("give --calibration DATASET: images to calibrate int8 ranges and to check the export on")
     source = load_model(model)
     reference = Inspector(source)
     train, test = FolderDataset.splits(calibration)
@@ -43,10 +44,10 @@ def compress_classifier(model: str | os.PathLike, output: str | os.PathLike, *, 
     patches = _patch_batches(reference, [load_image(p) for p in calib.paths])
     output = Path(output)
     if output.suffix not in (".onnx", ".pt2", ".tflite"):
-        raise ValueError(f"{output}: name the export .onnx (ONNX Runtime), .pt2 (torch.export) or .tflite (LiteRT)")
+        raise ParameterError(f"{output}: name the export .onnx (ONNX Runtime), .pt2 (torch.export) or .tflite (LiteRT)")
     net, side = fuse_batch_norms(source.model), source.preprocessing.input_size
     if output.suffix != ".onnx" and precision != "fp32":
-        raise ValueError(f"a {output.suffix} export is fp32; lower precisions go through ONNX Runtime (.onnx)")
+        raise ParameterError(f"a {output.suffix} export is fp32; lower precisions go through ONNX Runtime (.onnx)")
     if output.suffix == ".pt2":
         export_program(net, side, output)
     elif output.suffix == ".tflite":

@@ -1,5 +1,5 @@
 """LiteRT (TensorFlow Lite) export and inference, for edge runtimes that take ``.tflite`` files
-(paper 001's format), through Google's maintained converter ``litert-torch`` (optional extra:
+(Rieder et al.'s format), through Google's maintained converter ``litert-torch`` (optional extra:
 ``pip install 'edgelearn[litert]'``). fp32 only here; the lower precisions go through ONNX Runtime.
 """
 

@@ -1,4 +1,4 @@
-"""Lower-precision variants of an exported ONNX model (paper 001, section 4: float16, int8, int8
+"""Lower-precision variants of an exported ONNX model (Rieder et al., section 4: float16, int8, int8
 with a representative data set), made with ONNX Runtime's own tools.
 
 - ``fp16``: weights and activations in float16 (inputs and outputs stay float32);

@@ -1,4 +1,4 @@
-"""Compare the variants of module A on one data set: the layout of paper 001's figures 4-8 (top-1,
+"""Compare the variants of module A on one data set: the layout of Rieder et al.'s figures 4-8 (top-1,
 top-5, size, latency) for the features our learners use: each variant's features feed a fresh
 streaming LDA learned on the training split and tested on the test split."""
 
@@ -10,6 +10,7 @@ import numpy as np
 from edgelearn.backbones import build_backbone
 from edgelearn.data import FolderDataset
 from edgelearn.data.images import load_image
+from edgelearn.errors import DatasetError
 from edgelearn.evaluation import evaluate_features
 from edgelearn.learners import make_learner
 from edgelearn.recognizer import Recognizer
@@ -25,7 +26,7 @@ def compare_variants(dataset: str | os.PathLike, *, weights=None, input_size: in
     p50 latency at batch 1 and throughput at batch 32 (decoded images, preprocessing included)."""
     train, test = FolderDataset.splits(dataset)
     if test is None:
-        raise ValueError(f"{dataset}: needs train/ and test/ folders to compare variants")
+        raise DatasetError(f"{dataset}: needs train/ and test/ folders to compare variants")
     train = train.sample_per_class(per_class, seed)
     calibration = [load_image(p) for p in train.sample_per_class(calibration_per_class, seed + 1).paths]
     timing = [load_image(p) for p in test.paths[:timing_images]]

@@ -1,6 +1,6 @@
 """Frames from short videos: clips sorted into concept folders become a labelled image set.
 
-The transparency paper's (seed 001, section 2) data acquisition: film each component from several
+The transparency paper's (Rieder et al., section 2) data acquisition: film each component from several
 angles, sort the clips into folders named by concept, extract frames. Consecutive frames are nearly
 identical, so a frame is kept only if its perceptual hash differs enough from every kept frame.
 """

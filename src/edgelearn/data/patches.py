@@ -1,4 +1,4 @@
-"""Patches of an image (paper 003's inspection protocol).
+"""Patches of an image (Kim, Noh and Park's inspection protocol).
 
 Training sees one patch per image and epoch (for a defective image one that contains the defect,
 when its box is known); testing covers the whole image with a grid of overlapping patches, so a
@@ -15,6 +15,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from edgelearn.data.images import load_image
+from edgelearn.errors import ParameterError
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom (pixels, right/bottom exclusive)
 
@@ -34,7 +35,7 @@ class PatchGrid:
 
     def __post_init__(self):
         if self.size < 1 or self.grid < 1:
-            raise ValueError(f"patch size and grid must be at least 1, got {self.size} and {self.grid}")
+            raise ParameterError(f"patch size and grid must be at least 1, got {self.size} and {self.grid}")
 
     def fit(self, image: Image.Image) -> Image.Image:
         """The image, enlarged (aspect kept) if a side is shorter than a patch."""
@@ -48,9 +49,9 @@ class PatchGrid:
     def boxes(self, width: int, height: int) -> list[Box]:
         """The test patches of a ``width`` x ``height`` image, row by row; they cover every pixel."""
         if min(width, height) < self.size:
-            raise ValueError(f"a {width}x{height} image is smaller than a {self.size}-pixel patch; fit() it first")
+            raise ParameterError(f"a {width}x{height} image is smaller than a {self.size}-pixel patch; fit() it first")
         if self.grid > 1 and max(width, height) > self.grid * self.size:
-            raise ValueError(f"{self.grid}x{self.grid} patches of {self.size} px leave gaps in a "
+            raise ParameterError(f"{self.grid}x{self.grid} patches of {self.size} px leave gaps in a "
                              f"{width}x{height} image; use a larger patch or grid")
         xs = self._starts(width)
         ys = self._starts(height)

@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from edgelearn.errors import ParameterError
+
 
 def class_incremental_steps(labels, n_steps: int, seed: int = 0) -> list[np.ndarray]:
     """Split example indices into ``n_steps`` steps of a class-incremental stream.
@@ -23,7 +25,7 @@ def class_incremental_steps(labels, n_steps: int, seed: int = 0) -> list[np.ndar
     rng = np.random.default_rng(seed)
     classes = rng.permutation(np.unique(labels))
     if n_steps > len(labels):
-        raise ValueError(f"cannot split {len(labels)} examples into {n_steps} steps")
+        raise ParameterError(f"cannot split {len(labels)} examples into {n_steps} steps")
     if n_steps <= len(classes):
         groups = np.array_split(classes, n_steps)
         steps = [np.flatnonzero(np.isin(labels, g)) for g in groups]

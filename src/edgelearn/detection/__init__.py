@@ -1,4 +1,4 @@
-"""Object detection with incremental new classes (paper 002): SSDlite and RetinaNet on our MobileNetV2."""
+"""Object detection with incremental new classes (Mottakin): SSDlite and RetinaNet on our MobileNetV2."""
 
 from edgelearn.detection.models import ARCHITECTURES, Detector, build_detector, load_detector
 from edgelearn.detection.voc import VOCDataset, parse_annotation

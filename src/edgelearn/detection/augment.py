@@ -1,4 +1,4 @@
-"""SSD's data augmentation (Liu et al. 2016, as in paper 002) with ``torchvision.transforms.v2``:
+"""SSD's data augmentation (Liu et al. 2016, as in Mottakin's thesis) with ``torchvision.transforms.v2``:
 photometric distortion, expand (zoom out on the mean colour), random IoU crop, mirror, resize.
 Boxes follow every step; boxes cropped to nothing are dropped with their labels."""
 

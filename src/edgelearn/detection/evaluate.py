@@ -1,5 +1,5 @@
 """Detection quality with torchmetrics (COCO's evaluation, pycocotools): mAP@0.5 (Pascal VOC's and
-paper 002's figure), COCO's mAP@[.5:.95], and the AP of each class."""
+Mottakin's figure), COCO's mAP@[.5:.95], and the AP of each class."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""Running a detector on pictures and videos, in PyTorch or ONNX Runtime (paper 002: ONNX for
+"""Running a detector on pictures and videos, in PyTorch or ONNX Runtime (Mottakin's thesis: ONNX for
 real-time inference), and exporting it to ONNX.
 
 The ONNX file holds the whole network (trunk, neck, head: image -> raw scores and box offsets) and

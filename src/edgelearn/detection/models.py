@@ -1,4 +1,4 @@
-"""Detectors for a CPU on our ImageNet MobileNetV2 (paper 002's two families): SSDlite and RetinaNet.
+"""Detectors for a CPU on our ImageNet MobileNetV2 (Mottakin's two families): SSDlite and RetinaNet.
 
 A :class:`Detector` is three parts. The **trunk** is the frozen pretrained MobileNetV2 (transfer
 learning as in the paper): it turns a ``size`` x ``size`` image in [0, 1] into two feature maps, the
@@ -197,7 +197,7 @@ class Detector(nn.Module):
 
     def extended(self, new_classes: list[str]) -> "Detector":
         """A detector of ``classes + new_classes``: every old weight copied exactly, new class columns as
-        a fresh head initialises them (paper 002 section 3.4: the classification head grows by n)."""
+        a fresh head initialises them (Mottakin's thesis, section 3.4: the classification head grows by n)."""
         if not new_classes or set(new_classes) & set(self.classes):
             raise EdgelearnError(f"new classes must be given and differ from the detector's {self.classes}")
         bigger = Detector(self.arch, self.classes + list(new_classes), self.size, _trunk(self.meta)[0], self.meta)

@@ -1,12 +1,12 @@
 """Training a detector's neck and head on cached trunk maps, with the project's one loop (``fit``).
 
-The trunk is frozen (paper 002's transfer learning), so each image's trunk maps are computed once
+The trunk is frozen (Mottakin's transfer learning), so each image's trunk maps are computed once
 per *view* and kept: view 1 is the image, view 2 its mirror, further views are random SSD
 augmentations. Each epoch then trains on one random view per image, hundreds of images a second on a
 CPU instead of a few. Three uses share :func:`train_detector`:
 
 * a new detector on a VOC folder;
-* an online session (paper 002 section 3.4, scenario 1): ``start_from`` an earlier detector, new
+* an online session (Mottakin's thesis, section 3.4, scenario 1): ``start_from`` an earlier detector, new
   data of the classes it knows;
 * new classes (scenario 2): ``start_from`` a detector and data with classes it does not know: its
   head grows (:meth:`Detector.extended`); with ``distill`` the old detector's class scores (MSE,
@@ -154,7 +154,7 @@ def distillation_terms(student: dict, teacher: dict, columns: int, arch: str) ->
 
 
 def exemplar_indices(dataset: VOCDataset, classes: list[str], per_class: int, seed: int) -> list[int]:
-    """At most ``per_class`` random images per class (paper 002: random exemplars, bounded set)."""
+    """At most ``per_class`` random images per class (Mottakin's thesis: random exemplars, bounded set)."""
     rng = np.random.default_rng(seed)
     chosen = set()
     for name in classes:
@@ -173,7 +173,7 @@ def train_detector(dataset: str | os.PathLike | VOCDataset, output: str | os.Pat
 
     ``dataset``: a VOC folder (or :class:`VOCDataset`). ``start_from``: an earlier detector (file or
     object) to continue from; classes of the data it does not know are added to its head. ``distill``
-    keeps the old detector's outputs (paper 002 eq. 3.1); ``exemplars``: the old data set, from which
+    keeps the old detector's outputs (Mottakin's eq. 3.1); ``exemplars``: the old data set, from which
     ``per_class`` random images of each old class join the training. ``views``: trunk maps cached per
     image (1 = the image, 2 = + its mirror, more = + SSD augmentations). ``lr`` (AdamW, cosine-annealed):
     by default 1e-3 for a new detector and 3e-4 when continuing from one, whose old classes small

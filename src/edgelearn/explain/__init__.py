@@ -1,4 +1,4 @@
-"""Explanations: calibrated confidence, representative images, heat maps (seed papers 000 and 001)."""
+"""Explanations: calibrated confidence, representative images, heat maps (after Maschler et al.; Rieder et al.)."""
 
 from edgelearn.explain.calibration import expected_calibration_error, fit_temperature, reliability
 from edgelearn.explain.heatmap import HeatMapper, deletion_curve, overlay, png_bytes

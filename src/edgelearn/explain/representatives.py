@@ -1,6 +1,6 @@
 """Representative images: a few diverse examples per class, chosen by image similarity.
 
-The comparison algorithms of the transparency paper (seed 001, section 3): OpenCV histogram
+The comparison algorithms of the transparency paper (Rieder et al., section 3): OpenCV histogram
 comparison (correlation, chi-square, intersection, Bhattacharyya), ImageHash hashes (average,
 perceptual, difference, wavelet, colour), SSIM and MSE (scikit-image), plus the backbone's own
 features (cosine). Each is a :class:`Similarity`: ``signature(image)`` once per image, then a cheap

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import tomli_w
 
-from edgelearn.errors import FederationError
+from edgelearn.errors import FederationError, ParameterError
 from edgelearn.federation.tls import make_certificates, make_node_key
 
 #: what a federation exchanges: knowledge packages (module B) or the network's last layers (FedAvg / TeAM);
@@ -57,9 +57,9 @@ def federate(sites: dict[str, Path], workdir: Path, *, rounds: int = 1, config: 
     if app not in APPS:
         raise ValueError(f"app must be one of {', '.join(APPS)}, got {app!r}")
     if node_auth and not tls:
-        raise ValueError("node authentication needs TLS (tls=True / --tls)")
+        raise ParameterError("node authentication needs TLS (tls=True / --tls)")
     if app == "knowledge" and not (config or {}).get("trust-dir") and not (config or {}).get("allow-unsigned"):
-        raise ValueError("knowledge is exchanged signed: give keys and a trust-dir (--keys, --trust), or "
+        raise ParameterError("knowledge is exchanged signed: give keys and a trust-dir (--keys, --trust), or "
                          "allow-unsigned (--allow-unsigned)")
     workdir = Path(workdir).resolve()
     app_dir, home = workdir / "app", workdir / "flwr-home"

@@ -1,4 +1,4 @@
-"""Surface inspection by patches (paper 003): a fine-tuned teacher, a shallow distilled student,
+"""Surface inspection by patches (Kim, Noh and Park): a fine-tuned teacher, a shallow distilled student,
 the patch protocol's evaluation and the analysis of what the networks learned."""
 
 from edgelearn.inspection.distill import distill

@@ -1,4 +1,4 @@
-"""What a network learned (paper 003 section 4.1): per-layer weight change, dead-channel sparsity,
+"""What a network learned (Kim, Noh and Park, section 4.1): per-layer weight change, dead-channel sparsity,
 and the disentanglement of its last convolutional representation.
 
 - ``weight_change``: gamma^l = ||w_converged - w_0|| / ||w_0|| per conv layer (eq. 2).
@@ -20,7 +20,7 @@ from edgelearn.backbones import build_classifier
 from edgelearn.data import FolderDataset
 from edgelearn.data.images import load_image
 from edgelearn.data.patches import PatchGrid
-from edgelearn.errors import WeightsError
+from edgelearn.errors import DatasetError, IncompatibleError, WeightsError
 from edgelearn.files import atomic_write_figure
 from edgelearn.inspection.inspector import STUDENT, InspectionModel, load_model
 from edgelearn.inspection.student import Student, StudentConfig
@@ -37,7 +37,7 @@ def weight_change(initial: nn.Module, trained: nn.Module) -> dict[str, float]:
     """gamma per conv layer, in network order."""
     before, after = conv_layers(initial), conv_layers(trained)
     if before.keys() != after.keys():
-        raise ValueError("the two models do not have the same conv layers")
+        raise IncompatibleError("the two models do not have the same conv layers")
     return {name: float((after[name].weight - w.weight).norm() / w.weight.norm()) for name, w in before.items()}
 
 
@@ -93,7 +93,7 @@ def disentanglement(points: np.ndarray, k: int = 5) -> dict:
     x = torch.as_tensor(np.asarray(points, dtype=np.float64))
     n = len(x)
     if n <= k:
-        raise ValueError(f"need more than k={k} points, got {n}")
+        raise DatasetError(f"need more than k={k} points, got {n}")
     euclid = torch.cdist(x, x).numpy()
     neighbours = np.argsort(euclid, axis=1)[:, 1:k + 1]
     rows = np.repeat(np.arange(n), k)

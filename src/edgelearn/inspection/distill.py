@@ -1,4 +1,4 @@
-"""Compress a fine-tuned teacher into a shallow student (paper 003 section 3.4).
+"""Compress a fine-tuned teacher into a shallow student (Kim, Noh and Park, section 3.4).
 
 The student regresses the teacher's logits (eq. 1: ``1/2N sum ||f_T(x) - f_S(x)||^2``), optionally
 mixed with the hard labels (``alpha`` = their weight). The transfer set is ``patches_per_image``
@@ -79,7 +79,7 @@ def _answer(mentor: Inspector, patches: list[torch.Tensor]) -> torch.Tensor:
 
 
 def logit_regression(alpha: float):
-    """Eq. 1 of paper 003 on centred logits, plus ``alpha`` x cross-entropy on the labels.
+    """Eq. 1 of Kim, Noh and Park on centred logits, plus ``alpha`` x cross-entropy on the labels.
 
     Centring (subtracting each patch's mean logit, which the softmax ignores) spends the student's
     capacity on the differences between classes rather than on an offset they share."""

@@ -1,4 +1,4 @@
-"""Inspect an image by patches (paper 003): the class is the majority over the grid's patches, and
+"""Inspect an image by patches (Kim, Noh and Park): the class is the majority over the grid's patches, and
 an image is defective if any patch is.
 
 A class counts as defect-free when its name (last path component) is ``ok``, ``good``, ``normal``,
@@ -175,7 +175,7 @@ class Inspector:
 
 
 def evaluate_inspection(inspector: Inspector, dataset: FolderDataset, *, batch_size: int = 16) -> dict:
-    """Accuracy by the patch protocol, per-class TPR/TNR (one class against the rest, as paper 003's
+    """Accuracy by the patch protocol, per-class TPR/TNR (one class against the rest, as Kim, Noh and Park's
     Table 3), defect detection rates when the data have a defect-free class, and the confusion matrix."""
     classes = inspector.model.classes
     unknown = sorted(set(dataset.labels) - set(classes))

@@ -1,4 +1,4 @@
-"""The shallow student of paper 003 (Table 1): five 3x3 conv layers, each followed by ReLU and 2x2
+"""The shallow student of Kim, Noh and Park (Table 1): five 3x3 conv layers, each followed by ReLU and 2x2
 max-pooling, then two fully connected layers. With filters (4, 8, 16, 4, 4), a 4096-unit hidden
 layer, 224-pixel RGB input and 12 classes it has the paper's 858,380 parameters; a smaller hidden
 layer keeps it under 1/100 of a MobileNetV2."""
@@ -6,6 +6,8 @@ layer keeps it under 1/100 of a MobileNetV2."""
 from dataclasses import asdict, dataclass
 
 from torch import nn
+
+from edgelearn.errors import ParameterError
 
 PAPER_FILTERS = (4, 8, 16, 4, 4)
 
@@ -32,7 +34,7 @@ class Student(nn.Sequential):
 
     def __init__(self, config: StudentConfig):
         if len(config.filters) < 1 or min(config.filters) < 1 or config.hidden < 1:
-            raise ValueError(f"a student needs positive filter counts and hidden units, got {config}")
+            raise ParameterError(f"a student needs positive filter counts and hidden units, got {config}")
         layers, channels, side = [], config.in_channels, config.input_size
         for width in config.filters:
             layers += [nn.Conv2d(channels, width, 3, padding=1)]
@@ -40,7 +42,7 @@ class Student(nn.Sequential):
             layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             channels, side = width, side // 2
         if side < 1:
-            raise ValueError(f"{len(config.filters)} poolings leave nothing of a {config.input_size}-pixel input")
+            raise ParameterError(f"{len(config.filters)} poolings leave nothing of a {config.input_size}-pixel input")
         layers += [nn.Flatten(), nn.Linear(channels * side * side, config.hidden), nn.ReLU(inplace=True),
                    nn.Linear(config.hidden, config.num_classes)]
         super().__init__(*layers)

@@ -7,7 +7,7 @@ process; they differ in who steps the optimiser.
   each training on every world-th image of the epoch; gradients are averaged every step. A worker
   that dies stops the collective, so the run restarts every process from the last epoch's checkpoint
   (as torchrun's elastic agent does), up to ``max_restarts`` times.
-- ``ps`` (paper 002, Algorithm 1, on ``torch.distributed.rpc``): rank 0 is the parameter server and
+- ``ps`` (Mottakin's Algorithm 1, on ``torch.distributed.rpc``): rank 0 is the parameter server and
   holds the model; each worker pulls the current trainable parameters in a distributed-autograd
   context, runs forward and backward on its own share of the epoch, and steps a
   ``DistributedOptimizer`` that updates the server's parameters, without waiting for the other
@@ -30,7 +30,7 @@ import torch.multiprocessing as mp
 from torch.distributed.rendezvous import register_rendezvous_handler
 from torch.utils.data import DataLoader, Subset
 
-from edgelearn.errors import EdgelearnError
+from edgelearn.errors import EdgelearnError, ParameterError
 from edgelearn.training.loop import cross_entropy, fit
 
 MODES = ("single", "ddp", "ps")
@@ -226,7 +226,7 @@ def run_ps(settings: dict, *, workers: int, threads: int | None = None, resume: 
 def join_ps(settings: dict, *, rank: int, workers: int, address: str, threads: int | None = None) -> None:
     """Be worker ``rank`` (1..workers) of the parameter server at ``address`` until it finishes."""
     if not 1 <= rank <= workers:
-        raise ValueError(f"a worker's rank is 1..{workers}, got {rank}")
+        raise ParameterError(f"a worker's rank is 1..{workers}, got {rank}")
     host, port = _host_port(address)
     _ps_worker(rank, workers + 1, port, settings, threads or (os.cpu_count() or 1), host)
 
@@ -234,7 +234,7 @@ def join_ps(settings: dict, *, rank: int, workers: int, address: str, threads: i
 def _host_port(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"an address is HOST:PORT, got {address!r}")
+        raise ParameterError(f"an address is HOST:PORT, got {address!r}")
     return host, int(port)
 
 

@@ -1,4 +1,4 @@
-"""Fine-tuning a torchvision classifier on a folder data set (transfer learning, paper 002 section 2.3).
+"""Fine-tuning a torchvision classifier on a folder data set (transfer learning, Mottakin, section 2.3).
 
 Strategies: ``frozen`` (only a new head learns, on frozen features), ``partial`` (the head and the
 last ``trainable_blocks`` blocks of the feature extractor), ``full`` (everything). 10 % of each
@@ -7,7 +7,7 @@ balance, checkpoints every epoch (``OUT.ckpt``) and resumes exactly; the best ep
 loss becomes ``OUT`` (a state dict in torchvision's layout) with a JSON sidecar, so the result
 loads as a backbone (``--weights OUT``) or, with its head, as an inspection classifier.
 
-With ``patch`` (paper 003's protocol) training sees one random patch per image and epoch, without
+With ``patch`` (Kim, Noh and Park's protocol) training sees one random patch per image and epoch, without
 other augmentation, and validation scores every grid patch.
 """
 
@@ -28,7 +28,7 @@ from edgelearn.backbones import build_classifier
 from edgelearn.data import FolderDataset
 from edgelearn.data.images import load_image
 from edgelearn.data.patches import GridPatches, PatchGrid, RandomPatches
-from edgelearn.errors import DatasetError, ModelFileError
+from edgelearn.errors import DatasetError, ModelFileError, ParameterError
 from edgelearn.files import atomic_write_bytes
 from edgelearn.training.loop import fit
 
@@ -127,7 +127,7 @@ def prepare(dataset: str | os.PathLike, output: str | os.PathLike, *, backbone: 
                               T.RandomHorizontalFlip(), T.ToDtype(torch.float32, scale=True),
                               T.Normalize(prep.mean, prep.std)])
         train_set, val_set = Images(train_paths, train_y, train_tf), Images(val_paths, val_y, prep.transform())
-    else:  # paper 003: one patch per image (no other augmentation), validated on every grid patch
+    else:  # Kim, Noh and Park: one patch per image (no other augmentation), validated on every grid patch
         train_set = RandomPatches(train_paths, train_y, patch, patch_transform(prep))
         val_set = GridPatches(val_paths, val_y, patch, patch_transform(prep))
 
@@ -169,13 +169,13 @@ def train(dataset: str | os.PathLike, output: str | os.PathLike, *, mode: str = 
         summary = job.summary
     elif mode == "ps" and rank is not None:
         if not address:
-            raise ValueError("a worker (rank) needs the parameter server's address")
+            raise ParameterError("a worker (rank) needs the parameter server's address")
         distributed.join_ps(dict(settings, dataset=dataset, output=output), rank=rank, workers=workers,
                             address=address, threads=threads)
         return {"mode": mode, "rank": rank, "server": address}
     elif mode == "ddp":
         if address or rank is not None:
-            raise ValueError("address and rank are for the parameter server (mode ps)")
+            raise ParameterError("address and rank are for the parameter server (mode ps)")
         summary, history, best = distributed.run_ddp(dict(settings, dataset=dataset, output=output), workers=workers,
                                                      threads=threads, resume=resume, log=log)
     else:

@@ -52,7 +52,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset, 
     (the rest stays in eval mode: frozen batch norms keep their statistics; default: the whole model).
     ``cosine`` anneals the learning rate from the optimiser's to zero over the epochs (set per epoch,
     so a resumed run uses the same rates). ``max_norm`` rescales every learning unit's incoming
-    weights to at most that norm after each step (paper 002's weight constraint for online sessions).
+    weights to at most that norm after each step (Mottakin's weight constraint for online sessions).
     ``save_best(metrics)`` is called whenever the validation loss improves. ``checkpoint`` holds
     model, optimiser and history after every epoch; ``resume`` continues from it if ``config`` matches.
 

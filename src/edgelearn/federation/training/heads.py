@@ -1,4 +1,4 @@
-"""TeAM: a pretrained CNN's last layers decoupled into per-class critical paths.
+"""TeAM (Qin et al.): a pretrained CNN's last layers decoupled into per-class critical paths.
 
 MobileNetV2 splits into *shared layers* (``features[:17]``, frozen: every site computes their
 feature maps once) and the *decoupled layers* (block 17's expand / depthwise / project convolutions,
@@ -14,6 +14,8 @@ trains and returns k slices, and the server averages corresponding slices.
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from edgelearn.errors import ParameterError
 
 SHARED_BLOCKS = 17  # MobileNetV2's features[:17] stay shared and frozen
 # Every path starts out saying "not my class" (sigmoid 0.12) with zero weights on its features: a
@@ -142,7 +144,7 @@ class PathHead(nn.Module):
         """A model with only these classes' paths (the shared layers stay on the site)."""
         missing = sorted(set(classes) - set(self.classes))
         if missing:
-            raise ValueError(f"no critical path for {', '.join(missing)}")
+            raise ParameterError(f"no critical path for {', '.join(missing)}")
         indices = [self.classes.index(c) for c in classes]
         head = PathHead(classes, self.sizes, self.E.in_channels)
         head.load_state_dict(self.path_state(indices))

@@ -1,0 +1,135 @@
+"""Options shared by several commands, and a StrEnum for every choice: Typer then refuses a wrong choice
+as a usage error (exit 2) that lists the valid ones."""
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from click.core import ParameterSource
+
+from edgelearn.backbones import WEIGHTS_ENV
+from edgelearn.knowledge import SiteKey
+
+
+class Learner(StrEnum):
+    """Module B's incremental learner."""
+    fuzzy_artmap = "fuzzy-artmap"
+    slda = "slda"
+    ncm = "ncm"
+
+
+class Runtime(StrEnum):
+    """Where module A runs: PyTorch, or ONNX Runtime (same features, faster on CPUs)."""
+    torch = "torch"
+    onnx = "onnx"
+
+
+class Consolidation(StrEnum):
+    """When a learner folds its fast memory during a stream."""
+    none = "none"
+    after_each_step = "after_each_step"
+    final = "final"
+
+
+class Fold(StrEnum):
+    """How Fuzzy ARTMAP folds a class's representations."""
+    union = "union"
+    mean = "mean"
+
+
+class Strategy(StrEnum):
+    """Which part of a network learns: the new head, the last blocks too, or everything."""
+    frozen = "frozen"
+    partial = "partial"
+    full = "full"
+
+
+class Mode(StrEnum):
+    """Training in this process, synchronous data parallel, or an asynchronous parameter server."""
+    single = "single"
+    ddp = "ddp"
+    ps = "ps"
+
+
+class FederatedStrategy(StrEnum):
+    """How sites train a network's last layers together: averaged weights, or TeAM's per-class paths."""
+    fedavg = "fedavg"
+    team = "team"
+
+
+class Arch(StrEnum):
+    """Detector head: MobileNet SSDlite, or RetinaNet (focal loss)."""
+    ssdlite = "ssdlite"
+    retinanet = "retinanet"
+
+
+class Precision(StrEnum):
+    """An export's arithmetic: float32, float16, int8 weights, or int8 calibrated on images."""
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8_dynamic = "int8-dynamic"
+    int8 = "int8"
+
+
+class Dedupe(StrEnum):
+    """Drop near-duplicate video frames by perceptual hash, or keep them all."""
+    phash = "phash"
+    none = "none"
+
+
+class Similarity(StrEnum):
+    """How representative images are compared: image hashes, histograms, SSIM, MSE or backbone features."""
+    ahash = "ahash"
+    average = "average"
+    average_hash = "average_hash"
+    colorhash = "colorhash"
+    colourhash = "colourhash"
+    dhash = "dhash"
+    feature = "feature"
+    hist = "hist"
+    hist_bhattacharyya = "hist_bhattacharyya"
+    hist_chisqr = "hist_chisqr"
+    hist_intersect = "hist_intersect"
+    mse = "mse"
+    phash = "phash"
+    ssim = "ssim"
+    whash = "whash"
+
+
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+Weights = Annotated[str | None, typer.Option(
+    envvar=WEIGHTS_ENV, help="Backbone weights: a state-dict file, 'download' or 'random'.")]
+RuntimeOption = Annotated[Runtime, typer.Option(help="Run the backbone on torch or onnx (ONNX Runtime: same "
+                                                     "features, faster on CPUs).")]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the feature cache.")]
+Key = Annotated[Path | None, typer.Option(help="This site's private key (edgelearn keys new): sign the output.")]
+LearnerOption = Annotated[Learner, typer.Option(help="Module B's incremental learner.")]
+Backbone = Annotated[str, typer.Option(help="torchvision model name.")]
+InputSize = Annotated[int | None, typer.Option(help="Square input size (224 standard; 96 as in Maschler et al.'s "
+                                                    "ImageNet-10).")]
+Model = Annotated[Path, typer.Argument(help="A saved model (.edge).")]
+
+DEMO_WEIGHTS = Path("../shared/models/mobilenet_v2_imagenet.pt")
+
+
+def default_weights(weights: str | None) -> str | None:
+    """The shared ImageNet MobileNetV2 file when nothing else is given and it is there (this checkout)."""
+    return str(DEMO_WEIGHTS) if weights is None and DEMO_WEIGHTS.is_file() else weights
+
+
+def site_key(path: Path | None) -> SiteKey | None:
+    """The site key that signs a command's output, if one was given."""
+    return SiteKey.load(path) if path is not None else None
+
+
+def refuse_together(option: str, *others: str) -> None:
+    """A usage error (exit 2) when any of ``others`` (parameter names) was given beside ``option``, which
+    would silently ignore them."""
+    ctx = click.get_current_context()
+    given = [name for name in others if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)]
+    if given:
+        names = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise click.UsageError(f"{option} does not use {names}: leave {'it' if len(given) == 1 else 'them'} out",
+                               ctx)

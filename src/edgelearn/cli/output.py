@@ -1,0 +1,66 @@
+"""How commands answer: a table for people, one JSON object for scripts (``--json``), and a user's
+mistake as one line on stderr with exit status 1."""
+
+import functools
+import json
+import sys
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgelearn.errors import EdgelearnError
+
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+
+def emit(result: dict, as_json: bool, table: Table | str | None = None) -> None:
+    """``result`` as one JSON line with ``--json``, otherwise ``table`` (if any) for people."""
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    elif table is not None:
+        out.print(table)
+
+
+def log(line: str) -> None:
+    """Progress for people, on stderr (stdout stays one JSON object)."""
+    err.print(line, highlight=False)
+
+
+def user_errors(command):
+    """Print a user's mistake (an :class:`EdgelearnError`) as one line on stderr and exit 1.
+
+    Anything else is a bug and keeps its traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except EdgelearnError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def steps_table(history: list[dict], evaluation: dict | None) -> Table:
+    """A class-incremental stream: classes, memory and accuracy after each step."""
+    table = Table("step", "classes", "representations", "learner bytes", "accuracy (seen classes)")
+    for h in history:
+        acc = f"{h['accuracy_seen']:.1%}" if "accuracy_seen" in h else "-"
+        table.add_row(str(h["step"]), str(h["classes"]), str(h["representations"]), f"{h['learner_bytes']:,}", acc)
+    if evaluation:
+        table.caption = f"final: top-1 {evaluation['accuracy']:.2%}, top-5 {evaluation['top5']:.2%}, " \
+                        f"n={evaluation['n']}"
+    return table
+
+
+def history_table(result: dict, output) -> Table:
+    """A training run: losses and validation accuracy per epoch, and where the best epoch went."""
+    table = Table("epoch", "train loss", "val loss", "val accuracy", "seconds")
+    for h in result["history"]:
+        table.add_row(str(h["epoch"]), f"{h['train_loss']:.4f}", f"{h['val_loss']:.4f}", f"{h['val_accuracy']:.1%}",
+                      f"{h['seconds']:.1f}")
+    table.caption = f"best epoch {result['best_epoch']} saved to {output}; curves in {output.with_suffix('.png')}"
+    return table

@@ -1,0 +1,226 @@
+"""Recognition: learn, predict, evaluate, calibrate, consolidate, info, demo."""
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from edgelearn.cli.options import (
+    Backbone,
+    Consolidation,
+    Fold,
+    InputSize,
+    Json,
+    Key,
+    Learner,
+    LearnerOption,
+    Model,
+    NoCache,
+    Runtime,
+    RuntimeOption,
+    Weights,
+    default_weights,
+    refuse_together,
+    site_key,
+)
+from edgelearn.cli.output import emit, err, log, out, steps_table
+from edgelearn.data import FeatureCache, FolderDataset
+from edgelearn.errors import ParameterError
+from edgelearn.evaluation import evaluate_features, learn_stream
+from edgelearn.recognizer import Recognizer
+
+DEMO_DATA = Path("../shared/data/imagenette")
+Dataset = Annotated[Path, typer.Argument(help="Folder: <class>/<sub...>/*.jpg, or with train/ and test/.")]
+
+
+def learn(
+    dataset: Dataset,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to save the model.")] = Path("model.edge"),
+    learner: LearnerOption = Learner.slda,
+    steps: Annotated[int, typer.Option(min=1, help="Class-incremental steps.")] = 1,
+    per_class: Annotated[int | None, typer.Option(min=1, help="Train images per class (seeded draw).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of class order, shuffling and sub-sampling.")] = 0,
+    consolidation: Annotated[Consolidation, typer.Option(help="When Fuzzy ARTMAP folds its memory.")]
+    = Consolidation.none,
+    backbone: Backbone = "mobilenet_v2",
+    weights: Weights = None,
+    input_size: InputSize = None,
+    runtime: RuntimeOption = Runtime.torch,
+    no_cache: NoCache = False,
+    key: Key = None,
+    as_json: Json = False,
+):
+    """Learn the classes of a folder data set as a class-incremental stream and save the model."""
+    result = _learn(dataset, learner, steps, per_class, seed, consolidation, backbone, weights, input_size,
+                    no_cache, runtime)
+    result.pop("recognizer").save(output, key=site_key(key))
+    err.print(f"saved {output}")
+    emit({**result, "model": str(output)}, as_json, steps_table(result["history"], result.get("evaluation")))
+
+
+def predict(
+    model: Model,
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    top_k: Annotated[int, typer.Option(min=1, help="How many classes to show per image.")] = 5,
+    level: Annotated[int | None, typer.Option(min=1, help="Roll labels up to this concept level.")] = None,
+    weights: Weights = None,
+    runtime: RuntimeOption = Runtime.torch,
+    as_json: Json = False,
+):
+    """Classify images: label, confidence and the next-best classes."""
+    rec = Recognizer.load(model, weights=weights, runtime=runtime)
+    predictions = rec.predict(images, top_k=top_k, level=level)
+    rows = [{"image": str(p), **pred.to_dict()} for p, pred in zip(images, predictions, strict=True)]
+    table = Table("image", "label", "confidence", "next best")
+    for r in rows:
+        nxt = ", ".join(f"{a['label']} {a['confidence']:.0%}" for a in r["alternatives"])
+        table.add_row(r["image"], r["label"] or "unknown", f"{r['confidence']:.1%}", nxt)
+    emit({"predictions": rows}, as_json, table)
+
+
+def evaluate(
+    model: Model,
+    dataset: Annotated[Path, typer.Argument(help="Folder data set (its test/ split when there is one).")],
+    level: Annotated[int | None, typer.Option(min=1, help="Evaluate at this concept level.")] = None,
+    variants: Annotated[bool, typer.Option(
+        "--variants", help="Instead: one table over every runtime and precision of the model's backbone "
+                           "(its learner relearned on train/); takes no --level, --runtime, --no-cache.")] = False,
+    weights: Weights = None,
+    runtime: RuntimeOption = Runtime.torch,
+    no_cache: NoCache = False,
+    as_json: Json = False,
+):
+    """Top-1, top-5 and per-class accuracy on a labelled folder."""
+    if variants:
+        refuse_together("--variants", "level", "runtime", "no_cache")
+        return _variants_table(model, dataset, weights, as_json)
+    rec, ds, X = _model_and_test_split(model, dataset, weights, no_cache, runtime)
+    result = evaluate_features(rec, X, ds.labels, level=level)
+    table = Table("class", "n", "top-1", "top-5")
+    for c, r in result["per_class"].items():
+        table.add_row(c, str(r["n"]), f"{r['accuracy']:.1%}", f"{r['top5']:.1%}")
+    table.caption = f"all: top-1 {result['accuracy']:.2%}, top-5 {result['top5']:.2%}, n={result['n']}"
+    emit(result, as_json, table)
+
+
+def calibrate(
+    model: Model,
+    dataset: Annotated[Path, typer.Argument(help="Labelled images NOT used for learning (its test/ split if any).")],
+    weights: Weights = None,
+    no_cache: NoCache = False,
+    as_json: Json = False,
+):
+    """Fit the confidence temperature on held-out images, so that 80 % confidence means 80 % right."""
+    rec, ds, X = _model_and_test_split(model, dataset, weights, no_cache)
+    before = evaluate_features(rec, X, ds.labels)["ece"]
+    temperature = rec.calibrate(X, ds.labels)
+    after = evaluate_features(rec, X, ds.labels)["ece"]
+    result = {"temperature": temperature, "ece_before": before, "ece_after": after, "n": len(ds), "model": str(model)}
+    rec.save(model)
+    if not as_json:
+        out.print(f"{model}: temperature {temperature:.3g}; expected calibration error "
+                  f"{before:.1%} -> {after:.1%} on {len(ds)} images")
+    emit(result, as_json)
+
+
+def consolidate(
+    model: Model,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Default: overwrite MODEL.")] = None,
+    strategy: Annotated[Fold, typer.Option(help="Fuzzy ARTMAP: fold a class's representations by union or "
+                                                "mean.")] = Fold.union,
+    max_per_class: Annotated[int, typer.Option(min=1, help="Representations kept per class.")] = 1,
+    key: Key = None,
+    as_json: Json = False,
+):
+    """Shrink a model's fast memory (Fuzzy ARTMAP: fold representations per class)."""
+    rec = Recognizer.load(model, with_backbone=False)
+    before = rec.learner.nbytes
+    kwargs = {"strategy": strategy, "max_per_class": max_per_class} if rec.learner.kind == "fuzzy_artmap" else {}
+    rec.consolidate(**kwargs).save(output or model, key=site_key(key))
+    result = {"bytes_before": before, "bytes_after": rec.learner.nbytes, "model": str(output or model)}
+    if not as_json:
+        out.print(f"{result['model']}: learner memory {before:,} -> {rec.learner.nbytes:,} bytes")
+    emit(result, as_json)
+
+
+def info(model: Model, as_json: Json = False):
+    """What a model knows: learner, classes, memory, backbone fingerprint."""
+    result = Recognizer.load(model, with_backbone=False).info()
+    table = Table("field", "value")
+    for key in ("learner", "n_classes", "representations", "learner_bytes", "examples_seen"):
+        table.add_row(key, str(result[key]))
+    table.add_row("backbone", json.dumps(result["backbone"]))
+    table.add_row("classes", ", ".join(result["classes"]))
+    emit(result, as_json, table)
+
+
+def demo(
+    dataset: Annotated[Path, typer.Argument(help="Folder data set with train/ and test/.")] = DEMO_DATA,
+    learner: LearnerOption = Learner.slda,
+    steps: Annotated[int, typer.Option(min=1, help="Class-incremental steps.")] = 10,
+    weights: Weights = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to save the model.")] = Path("demo.edge"),
+    as_json: Json = False,
+):
+    """The main job on an embedded default: learn imagenette class by class, evaluate, save."""
+    if not dataset.is_dir():
+        raise ParameterError(f"demo data set not found at {dataset}; give a folder data set as argument")
+    result = _learn(dataset, learner, steps, 100, 0, Consolidation.none, "mobilenet_v2", default_weights(weights),
+                    None, False)
+    result.pop("recognizer").save(output)
+    err.print(f"saved {output}")
+    emit({**result, "model": str(output)}, as_json, steps_table(result["history"], result.get("evaluation")))
+
+
+def _learn(dataset: Path, learner: str, steps: int, per_class: int | None, seed: int, consolidation: str,
+           backbone: str, weights: str | None, input_size: int | None, no_cache: bool,
+           runtime: str = "torch") -> dict:
+    train, test = FolderDataset.splits(dataset)
+    train = train.sample_per_class(per_class, seed)
+    rec = Recognizer.create(backbone, learner=learner, weights=weights, input_size=input_size, runtime=runtime)
+    err.print(f"learning {len(train)} images of {len(train.classes)} classes in {steps} step(s) "
+              f"with {rec.learner.kind} on {rec.backbone!r}")
+    X = _embed(rec, train, no_cache)
+    test_data = (_embed(rec, test, no_cache), test.labels) if test is not None else None
+    history = learn_stream(rec, X, train.labels, n_steps=steps, seed=seed, consolidation=consolidation,
+                           test=test_data)
+    result = {"history": history, "info": rec.info()}
+    if test_data is not None:
+        result["evaluation"] = evaluate_features(rec, *test_data)
+    return {"recognizer": rec, **result}
+
+
+def _model_and_test_split(model: Path, dataset: Path, weights, no_cache: bool, runtime: str = "torch"):
+    """A saved model, the data set's test split (or all of it) and its features."""
+    rec = Recognizer.load(model, weights=weights, runtime=runtime)
+    train, test = FolderDataset.splits(dataset)
+    ds = test or train
+    return rec, ds, _embed(rec, ds, no_cache)
+
+
+def _embed(rec: Recognizer, ds: FolderDataset, no_cache: bool):
+    cache = None if no_cache else FeatureCache(rec.backbone.fingerprint_id)
+    return rec.embed_files(ds.paths, cache=cache, progress=err.is_terminal)
+
+
+def _variants_table(model: Path, dataset: Path, weights, as_json: bool) -> None:
+    """Module A at every runtime and precision: top-1/top-5 of the model's learner kind on each variant's
+    features, size, p50 latency at batch 1, throughput at batch 32 (as Rieder et al.'s figures 4-8)."""
+    from edgelearn.backbones.weights import resolve_weights
+    from edgelearn.compress.variants import VARIANTS, compare_variants
+
+    rec = Recognizer.load(model, with_backbone=False)
+    fp = rec.info()["backbone"]
+    weights = default_weights(weights)
+    if resolve_weights(fp["name"], weights).ident != fp["weights"]:
+        raise ParameterError(f"{model} was learned on other backbone weights ({fp['weights'][:16]}…); "
+                             f"give them with --weights")
+    rows = compare_variants(dataset, weights=weights, input_size=fp.get("input_size"), backbone=fp["name"],
+                            learner=rec.info()["learner"], variants=VARIANTS, progress=log)
+    table = Table("runtime", "precision", "top-1", "top-5", "MiB", "p50 ms (batch 1)", "img/s (batch 32)")
+    for r in rows:
+        table.add_row(r["runtime"], r["precision"], f"{r['accuracy']:.2%}", f"{r['top5']:.2%}",
+                      f"{r['bytes'] / 2**20:.2f}", f"{r['p50_ms']:.1f}", f"{r['batch32_per_s']:.0f}")
+    emit({"variants": [{k: v for k, v in r.items() if k != "path"} for r in rows]}, as_json, table)
