@@ -129,3 +129,25 @@ def test_parameter_server_and_workers_started_separately_as_on_several_machines(
         assert worker.returncode == 0, worker_err[-2000:]
         assert json.loads(worker_out.splitlines()[-1]) == {"mode": "ps", "rank": rank, "server": f"127.0.0.1:{port}"}
         assert f"ps worker {rank} (pid {worker.pid}) starts epoch 2" in worker_err
+
+
+def largest_unit_norm(path):
+    weights = torch.load(path, weights_only=True)
+    return max(v.flatten(1).norm(dim=1).max().item() for k, v in weights.items()
+               if k.endswith("weight") and v.dim() in (2, 4))
+
+
+def test_parameter_server_applies_the_weight_constraint(data, tmp_path):
+    train(data, tmp_path / "ps.pt", mode="ps", workers=2, epochs=1, max_norm=0.5, **TINY)
+    assert largest_unit_norm(tmp_path / "ps.pt") <= 0.5 + 1e-4
+
+
+def test_parameter_server_keeps_and_resumes_its_optimiser_state(data, tmp_path):
+    """AdamW's step count runs on across epochs and a resume: the server's optimiser steps, and it is checkpointed."""
+    steps_per_epoch = -(-54 // 8)  # 60 images less 6 held out for validation, in batches of 8
+    train(data, tmp_path / "ps.pt", mode="ps", workers=2, epochs=1, **TINY)
+    first = torch.load(tmp_path / "ps.ckpt", weights_only=True)["optimizer"]["state"]
+    assert first and {int(s["step"]) for s in first.values()} == {steps_per_epoch}
+    train(data, tmp_path / "ps.pt", mode="ps", workers=2, epochs=2, resume=True, **TINY)
+    second = torch.load(tmp_path / "ps.ckpt", weights_only=True)["optimizer"]["state"]
+    assert {int(s["step"]) for s in second.values()} == {2 * steps_per_epoch}
