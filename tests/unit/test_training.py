@@ -1,9 +1,11 @@
 import pytest
 import torch
+from torch import nn
+from torch.utils.data import TensorDataset
 
 from edgelearn.backbones import build_backbone, build_classifier
 from edgelearn.errors import ModelFileError
-from edgelearn.training import train
+from edgelearn.training import fit, train
 
 TINY = {"backbone": "tiny", "weights": "random", "batch_size": 8, "log": lambda *a: None}
 
@@ -51,3 +53,18 @@ def test_bad_settings_are_refused(image_folder, tmp_path):
     (tmp_path / "x.ckpt").write_bytes(b"damaged")
     with pytest.raises(ModelFileError, match="cannot read the checkpoint"):
         train(image_folder, tmp_path / "x.pt", resume=True, **TINY)
+
+
+def test_dropout_trains_even_when_only_the_head_learns(tmp_path):
+    """A frozen feature extractor stays in eval mode (its batch norm keeps its statistics); the dropout before the
+    head is on in training, so --dropout regularises --strategy frozen|partial too."""
+    features, dropout, head = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8)), nn.Dropout(0.5), nn.Linear(8, 2)
+    model = nn.Sequential(features, dropout, head)
+    modes = []
+    dropout.register_forward_hook(lambda module, *_: modes.append((module.training, features[1].training)))
+    data = TensorDataset(torch.randn(16, 4), torch.arange(16) % 2)
+    fit(model, torch.optim.SGD(head.parameters(), lr=0.1), data, data, targets=[i % 2 for i in range(16)],
+        n_classes=2, epochs=1, batch_size=8, seed=0, checkpoint=tmp_path / "m.ckpt", config={},
+        save_best=lambda metrics: None, learning=[head], log=lambda *a: None)
+    assert modes[:2] == [(True, False), (True, False)]  # the two training batches
+    assert modes[2:] and all(mode == (False, False) for mode in modes[2:])  # validation
