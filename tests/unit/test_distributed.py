@@ -34,7 +34,7 @@ def test_two_workers_train_the_same_model_to_a_lower_loss(data, tmp_path, mode):
     result = train(data, tmp_path / f"{mode}.pt", mode=mode, workers=2, epochs=3, **TINY)
     assert [h["epoch"] for h in result["history"]] == [1, 2, 3] and result["workers"] == 2
     assert result["history"][-1]["val_loss"] < result["history"][0]["val_loss"]
-    assert result["history"][-1]["val_accuracy"] == 1.0
+    assert result["history"][-1]["val_accuracy"] == 1.0 and result["test_accuracy"] == 1.0
     assert shapes(tmp_path / f"{mode}.pt") == shapes(tmp_path / "single.pt")
 
 

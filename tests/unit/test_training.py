@@ -1,10 +1,12 @@
+import shutil
+
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from edgelearn.backbones import build_backbone, build_classifier
-from edgelearn.errors import ModelFileError
+from edgelearn.errors import DatasetError, ModelFileError
 from edgelearn.training import fit, train
 
 TINY = {"backbone": "tiny", "weights": "random", "batch_size": 8, "log": lambda *a: None}
@@ -18,6 +20,7 @@ def test_full_fine_tuning_learns_the_classes_and_loads_as_a_backbone(image_folde
     result = train(image_folder, tmp_path / "ft.pt", strategy="full", epochs=3, lr=1e-2, **TINY)
     assert result["history"][-1]["val_accuracy"] == 1.0
     assert result["history"][-1]["val_loss"] < result["history"][0]["val_loss"]
+    assert result["test_accuracy"] == 1.0 and result["test_loss"] < result["history"][0]["val_loss"]  # test/
     assert (tmp_path / "ft.json").is_file() and (tmp_path / "ft.png").stat().st_size > 1000
     bb = build_backbone("tiny", weights=tmp_path / "ft.pt", input_size=32)  # the head (3 classes) is dropped
     assert bb.feature_dim == 32 and bb.fingerprint["weights"] != "random:seed=0"
@@ -45,6 +48,16 @@ def test_resume_continues_exactly_where_it_stopped(image_folder, tmp_path):
         torch.testing.assert_close(b["model"][key], value)
     with pytest.raises(ModelFileError, match="another run"):
         train(image_folder, tmp_path / "split.pt", strategy="frozen", epochs=3, resume=True, **TINY)
+
+
+def test_test_scores_only_with_a_test_folder_of_known_classes(image_folder, tmp_path):
+    shutil.rmtree(image_folder / "test" / "red")
+    assert 0 <= train(image_folder, tmp_path / "a.pt", epochs=1, **TINY)["test_accuracy"] <= 1
+    (image_folder / "test" / "blue").rename(image_folder / "test" / "purple")
+    with pytest.raises(DatasetError, match=r"classes that train/ lacks \(purple\)"):
+        train(image_folder, tmp_path / "b.pt", epochs=1, **TINY)
+    shutil.rmtree(image_folder / "test")
+    assert "test_accuracy" not in train(image_folder, tmp_path / "c.pt", epochs=1, **TINY)
 
 
 def test_bad_settings_are_refused(image_folder, tmp_path):

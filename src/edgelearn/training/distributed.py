@@ -25,6 +25,7 @@ import threading
 import traceback
 import warnings
 from collections import deque
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlparse
 
 import torch
@@ -34,6 +35,9 @@ from torch.utils.data import default_collate
 
 from edgelearn.errors import EdgelearnError
 from edgelearn.training.loop import cross_entropy, fit, max_norm_, train_mode
+
+if TYPE_CHECKING:
+    from edgelearn.training.finetune import Job
 
 MODES = ("single", "ddp", "ps")
 
@@ -74,16 +78,16 @@ def _check(settings: dict, resume: bool):
     return job
 
 
-def _result(job) -> tuple[dict, list, dict]:
-    """Summary, history and best epoch of a finished run, from its last checkpoint."""
+def _result(job) -> tuple["Job", list, dict]:
+    """The job, history and best epoch of a finished run, from its last checkpoint."""
     state = torch.load(job.fit_args["checkpoint"], map_location="cpu", weights_only=True)
-    return job.summary, state["history"], state["best"]
+    return job, state["history"], state["best"]
 
 
 # --- synchronous data parallel ---------------------------------------------------------------------
 
 def run_ddp(settings: dict, *, workers: int, threads: int | None = None, resume: bool = False,
-            max_restarts: int = 3, log=print) -> tuple[dict, list, dict]:
+            max_restarts: int = 3, log=print) -> tuple["Job", list, dict]:
     """Train with ``workers`` DDP processes on loopback; restart them from the checkpoint if one dies."""
     if workers < 1:
         raise ValueError("workers must be at least 1")
@@ -236,7 +240,7 @@ def _worker_epoch(epoch: int, seed: int) -> None:
 
 
 def run_ps(settings: dict, *, workers: int, threads: int | None = None, resume: bool = False,
-           address: str | None = None, log=print) -> tuple[dict, list, dict]:
+           address: str | None = None, log=print) -> tuple["Job", list, dict]:
     """Run the parameter server and ``workers`` worker processes started here (loopback) or, with
     ``address`` (``HOST:PORT``), listen there for workers started on their machines by :func:`join_ps`.
 
