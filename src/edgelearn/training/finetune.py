@@ -97,9 +97,6 @@ def prepare(dataset: str | os.PathLike, output: str | os.PathLike, *, backbone: 
     ds, test = FolderDataset.splits(dataset)
     if len(ds.classes) < 2:
         raise DatasetError(f"{dataset}: fine-tuning needs at least two classes")
-    if test is not None and (unknown := sorted(set(test.classes) - set(ds.classes))):
-        raise DatasetError(f"{test.root} has classes that train/ lacks ({', '.join(unknown)}); a fine-tuned "
-                           f"model knows only the classes it trained on")
     train_idx, val_idx = split_validation(ds, val_fraction, seed)
     model, prep, source, padding = build_classifier(backbone, weights=weights, input_size=input_size, seed=seed)
     with torch.random.fork_rng():
@@ -139,7 +136,8 @@ def prepare(dataset: str | os.PathLike, output: str | os.PathLike, *, backbone: 
     else:  # paper 003: one patch per image, without other augmentation
         train_set = RandomPatches(train_paths, train_y, patch, patch_transform(prep))
     val_set = scored(val_paths, val_y)
-    test_set = None if test is None else scored(test.paths, [target[label] for label in test.labels])
+    known = [] if test is None else [i for i, label in enumerate(test.labels) if label in target]
+    test_set = scored([test.paths[i] for i in known], [target[test.labels[i]] for i in known]) if known else None
 
     def save_best(metrics: dict) -> None:
         _save_model(output, model, config, source, padding, prep, metrics)
@@ -149,6 +147,8 @@ def prepare(dataset: str | os.PathLike, output: str | os.PathLike, *, backbone: 
                 "max_norm": max_norm}
     summary = {"model": str(output), "classes": ds.classes, "strategy": strategy,
                "trainable_parameters": sum(p.numel() for p in params)}
+    if test is not None and len(known) < len(test):  # the model cannot name these: not scored, but said
+        summary["test_classes_left_out"] = sorted(set(test.classes) - set(ds.classes))
     return Job(model, optimizer, learning, train_set, val_set, fit_args, summary, test_set)
 
 
@@ -156,7 +156,8 @@ def train(dataset: str | os.PathLike, output: str | os.PathLike, *, mode: str = 
           threads: int | None = None, address: str | None = None, rank: int | None = None, resume: bool = False,
           progress: bool = False, log=print, **settings) -> dict:
     """Fine-tune and save; returns the history (per epoch: train/val loss and accuracy, seconds), the best epoch
-    and, when the data set has a test/ folder, the best epoch's ``test_loss`` and ``test_accuracy`` on it.
+    and, when the data set has a test/ folder, the best epoch's ``test_loss`` and ``test_accuracy`` on it (on the
+    classes it trained on; ``test_classes_left_out`` names any others).
 
     ``mode``: ``single`` (this process), ``ddp`` (``workers`` data-parallel processes, gloo) or ``ps``
     (a parameter server in this process and ``workers`` asynchronous worker processes); ``threads``
