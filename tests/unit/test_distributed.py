@@ -151,3 +151,16 @@ def test_parameter_server_keeps_and_resumes_its_optimiser_state(data, tmp_path):
     train(data, tmp_path / "ps.pt", mode="ps", workers=2, epochs=2, resume=True, **TINY)
     second = torch.load(tmp_path / "ps.ckpt", weights_only=True)["optimizer"]["state"]
     assert {int(s["step"]) for s in second.values()} == {2 * steps_per_epoch}
+
+
+def test_parameter_server_hands_out_batches_on_demand_and_takes_back_a_lost_one():
+    from edgelearn.training.distributed import _Epoch
+
+    epoch = _Epoch(list(range(17)), batch_size=4)  # 4 batches of 4; a last batch of one is left out
+    assert epoch.hand_out(1) == [0, 1, 2, 3] and epoch.hand_out(2) == [4, 5, 6, 7]
+    epoch.done(1, (2.0, 3, 4))
+    assert epoch.hand_out(1) == [8, 9, 10, 11]  # the free worker takes the next batch, not a fixed share
+    assert epoch.lost(2) == [4, 5, 6, 7]  # worker 2 died: its batch goes back
+    epoch.done(1, (1.0, 4, 4))
+    assert [epoch.hand_out(1), epoch.hand_out(1), epoch.hand_out(1)] == [[12, 13, 14, 15], [4, 5, 6, 7], None]
+    assert epoch.totals == [3.0, 7, 8]
