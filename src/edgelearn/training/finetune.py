@@ -123,7 +123,7 @@ def prepare(dataset: str | os.PathLike, output: str | os.PathLike, *, backbone: 
     y = [target[label] for label in ds.labels]
     train_paths, train_y = [ds.paths[i] for i in train_idx], [y[i] for i in train_idx]
     val_paths, val_y = [ds.paths[i] for i in val_idx], [y[i] for i in val_idx]
-    def scored(paths, targets):  # validation and test: the whole image, or (paper 003) every grid patch
+    def scored(paths, targets):  # validation and test: the whole image, or with patches every grid patch
         if patch is None:
             return Images(paths, targets, prep.transform())
         return GridPatches(paths, targets, patch, patch_transform(prep))
