@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,10 @@ def test_learn_predict_evaluate_consolidate_info(runner, image_folder, tmp_path)
 
     evaluated = run_json(runner, "evaluate", model, image_folder, "--weights", "random")
     assert evaluated["accuracy"] == 1.0 and evaluated["top5"] == 1.0
+    only_test = tmp_path / "held_out"
+    shutil.copytree(image_folder / "test", only_test / "test")  # a folder that holds only test/
+    evaluated = run_json(runner, "evaluate", model, only_test, "--weights", "random")
+    assert evaluated["accuracy"] == 1.0 and evaluated["n"] == 9 and "test" not in evaluated["per_class"]
 
     consolidated = run_json(runner, "consolidate", model, "-o", tmp_path / "small.edge")
     assert consolidated["bytes_after"] <= consolidated["bytes_before"]

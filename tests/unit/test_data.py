@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,16 @@ def test_folder_splits_and_per_class_sampling(image_folder):
     assert a.paths == b.paths and a.counts() == {"blue": 2, "green": 2, "red": 2}
     assert train.sample_per_class(2, seed=8).paths != a.paths
 
+
+
+def test_a_folder_with_test_is_evaluated_on_test_alone(image_folder):
+    assert FolderDataset.test_split(image_folder).root == image_folder / "test"
+    assert FolderDataset.test_split(image_folder / "test").classes == ["blue", "green", "red"]  # no split: all
+    shutil.rmtree(image_folder / "train")
+    only_test = FolderDataset.test_split(image_folder)
+    assert only_test.classes == ["blue", "green", "red"] and len(only_test) == 9  # not a class "test"
+    with pytest.raises(DatasetError, match="test/ folder but no train/"):
+        FolderDataset.splits(image_folder)  # nothing to learn from
 
 def test_folder_errors(tmp_path):
     with pytest.raises(DatasetError, match="not found"):

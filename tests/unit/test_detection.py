@@ -314,3 +314,20 @@ def test_cli_errors_are_one_line(voc, tmp_path):
     arch = runner.invoke(app, ["detector", "train", str(make_voc(tmp_path / "ok")), "--arch", "yolo",
                                "--weights", "random"])
     assert arch.exit_code == 2 and "yolo" in arch.stderr and "ssdlite" in arch.stderr  # a usage error
+
+
+def test_drawings_of_inputs_that_share_a_name_do_not_overwrite_each_other(overfitted, tmp_path):
+    from edgelearn.detection.infer import DetectorRunner, detect_paths
+
+    root, model, _ = overfitted
+    inputs = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", tmp_path / "a" / "x.jpg", tmp_path / "a" / "y.png"]
+    for i, path in enumerate(inputs):
+        path.parent.mkdir(exist_ok=True)
+        Image.open(root / "images" / f"p{i}.png").save(path)
+    runner = DetectorRunner(model)
+    results = detect_paths(runner, inputs, threshold=0.2, output=tmp_path / "out")
+    drawings = [Path(r["drawing"]) for r in results]
+    assert len(set(drawings)) == 4 and sorted(drawings) == sorted((tmp_path / "out").iterdir())
+    assert drawings[3].name == "y.png"  # a name of its own keeps it
+    again = detect_paths(runner, list(reversed(inputs)), threshold=0.2, output=tmp_path / "out")
+    assert [Path(r["drawing"]) for r in again] == list(reversed(drawings))  # the same names in every run

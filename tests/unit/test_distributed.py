@@ -34,7 +34,7 @@ def test_two_workers_train_the_same_model_to_a_lower_loss(data, tmp_path, mode):
     result = train(data, tmp_path / f"{mode}.pt", mode=mode, workers=2, epochs=3, **TINY)
     assert [h["epoch"] for h in result["history"]] == [1, 2, 3] and result["workers"] == 2
     assert result["history"][-1]["val_loss"] < result["history"][0]["val_loss"]
-    assert result["history"][-1]["val_accuracy"] == 1.0
+    assert result["history"][-1]["val_accuracy"] == 1.0 and result["test_accuracy"] == 1.0
     assert shapes(tmp_path / f"{mode}.pt") == shapes(tmp_path / "single.pt")
 
 
@@ -129,3 +129,38 @@ def test_parameter_server_and_workers_started_separately_as_on_several_machines(
         assert worker.returncode == 0, worker_err[-2000:]
         assert json.loads(worker_out.splitlines()[-1]) == {"mode": "ps", "rank": rank, "server": f"127.0.0.1:{port}"}
         assert f"ps worker {rank} (pid {worker.pid}) starts epoch 2" in worker_err
+
+
+def largest_unit_norm(path):
+    weights = torch.load(path, weights_only=True)
+    return max(v.flatten(1).norm(dim=1).max().item() for k, v in weights.items()
+               if k.endswith("weight") and v.dim() in (2, 4))
+
+
+def test_parameter_server_applies_the_weight_constraint(data, tmp_path):
+    train(data, tmp_path / "ps.pt", mode="ps", workers=2, epochs=1, max_norm=0.5, **TINY)
+    assert largest_unit_norm(tmp_path / "ps.pt") <= 0.5 + 1e-4
+
+
+def test_parameter_server_keeps_and_resumes_its_optimiser_state(data, tmp_path):
+    """AdamW's step count runs on across epochs and a resume: the server's optimiser steps, and it is checkpointed."""
+    steps_per_epoch = -(-54 // 8)  # 60 images less 6 held out for validation, in batches of 8
+    train(data, tmp_path / "ps.pt", mode="ps", workers=2, epochs=1, **TINY)
+    first = torch.load(tmp_path / "ps.ckpt", weights_only=True)["optimizer"]["state"]
+    assert first and {int(s["step"]) for s in first.values()} == {steps_per_epoch}
+    train(data, tmp_path / "ps.pt", mode="ps", workers=2, epochs=2, resume=True, **TINY)
+    second = torch.load(tmp_path / "ps.ckpt", weights_only=True)["optimizer"]["state"]
+    assert {int(s["step"]) for s in second.values()} == {2 * steps_per_epoch}
+
+
+def test_parameter_server_hands_out_batches_on_demand_and_takes_back_a_lost_one():
+    from edgelearn.training.distributed import _Epoch
+
+    epoch = _Epoch(list(range(17)), batch_size=4)  # 4 batches of 4; a last batch of one is left out
+    assert epoch.hand_out(1) == [0, 1, 2, 3] and epoch.hand_out(2) == [4, 5, 6, 7]
+    epoch.done(1, (2.0, 3, 4))
+    assert epoch.hand_out(1) == [8, 9, 10, 11]  # the free worker takes the next batch, not a fixed share
+    assert epoch.lost(2) == [4, 5, 6, 7]  # worker 2 died: its batch goes back
+    epoch.done(1, (1.0, 4, 4))
+    assert [epoch.hand_out(1), epoch.hand_out(1), epoch.hand_out(1)] == [[12, 13, 14, 15], [4, 5, 6, 7], None]
+    assert epoch.totals == [3.0, 7, 8]

@@ -63,4 +63,8 @@ def history_table(result: dict, output) -> Table:
         table.add_row(str(h["epoch"]), f"{h['train_loss']:.4f}", f"{h['val_loss']:.4f}", f"{h['val_accuracy']:.1%}",
                       f"{h['seconds']:.1f}")
     table.caption = f"best epoch {result['best_epoch']} saved to {output}; curves in {output.with_suffix('.png')}"
+    if "test_accuracy" in result:
+        table.caption += f"; test accuracy {result['test_accuracy']:.1%} (best epoch, test/)"
+    if result.get("test_classes_left_out"):
+        table.caption += f"; test classes it never trained on, left out: {', '.join(result['test_classes_left_out'])}"
     return table

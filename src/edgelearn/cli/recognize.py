@@ -195,8 +195,7 @@ def _learn(dataset: Path, learner: str, steps: int, per_class: int | None, seed:
 def _model_and_test_split(model: Path, dataset: Path, weights, no_cache: bool, runtime: str = "torch"):
     """A saved model, the data set's test split (or all of it) and its features."""
     rec = Recognizer.load(model, weights=weights, runtime=runtime)
-    train, test = FolderDataset.splits(dataset)
-    ds = test or train
+    ds = FolderDataset.test_split(dataset)
     return rec, ds, _embed(rec, ds, no_cache)
 
 

@@ -135,8 +135,7 @@ def inspect(
             table.add_row(r["image"], r["label"], "yes" if r["defective"] else "no", json.dumps(r["votes"]))
         emit({"inspections": results}, as_json, table)
         return
-    train, test = FolderDataset.splits(target)
-    report = evaluate_inspection(inspector, test or train)
+    report = evaluate_inspection(inspector, FolderDataset.test_split(target))
     report["ms_per_image"] = inspector.ms_per_image()
     table = Table("class", "images", "TPR", "TNR")
     for c, row in report["per_class"].items():
@@ -162,8 +161,8 @@ def analyse(
     initial weights, dead-channel sparsity per layer, and the disentanglement d of its last conv representation."""
     from edgelearn.inspection.analysis import analyse_model, plot_analysis
 
-    train, test = FolderDataset.splits(dataset)
-    result = analyse_model(model, (test or train).sample_per_class(max(1, images // len(train.classes))),
+    ds = FolderDataset.test_split(dataset)
+    result = analyse_model(model, ds.sample_per_class(max(1, images // len(ds.classes))),
                            initial_weights=default_weights(weights))
     if plot is not None:
         plot_analysis({model.stem: result}, plot)

@@ -59,12 +59,23 @@ class FolderDataset:
 
     @staticmethod
     def splits(root: str | Path) -> tuple["FolderDataset", "FolderDataset | None"]:
-        """``(train, test)`` of a root with ``train/`` and ``test/``; else ``(all, None)``."""
+        """``(train, test)`` of a root with ``train/`` (``test`` None without ``test/``); ``(all, None)`` for a
+        root of class folders. A root with ``test/`` alone has nothing to train on and is refused."""
         root = Path(root).expanduser()
         if (root / "train").is_dir():
             test = FolderDataset.scan(root, "test") if (root / "test").is_dir() else None
             return FolderDataset.scan(root, "train"), test
+        if (root / "test").is_dir():
+            raise DatasetError(f"{root} has a test/ folder but no train/ folder: put the images to learn from "
+                               f"in {root / 'train'}")
         return FolderDataset.scan(root), None
+
+    @staticmethod
+    def test_split(root: str | Path) -> "FolderDataset":
+        """The images to evaluate on: ``root/test`` when there is one (with or without ``train/``), else
+        all of ``root`` (so ``test`` is never read as a class)."""
+        root = Path(root).expanduser()
+        return FolderDataset.scan(root, "test") if (root / "test").is_dir() else FolderDataset.scan(root)
 
     @property
     def classes(self) -> list[str]:

@@ -6,9 +6,11 @@ the detector's manifest in its metadata; decoding (anchors, non-maximum suppress
 torchvision on both runtimes, so both give the same boxes.
 """
 
+import hashlib
 import json
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,21 +108,34 @@ def draw(picture: Image.Image, objects: list[Found]) -> Image.Image:
 def detect_paths(runner: DetectorRunner, paths: list[Path], *, threshold: float = 0.5,
                  output: Path | None = None, every: int = 1) -> list[dict]:
     """Detect in pictures, folders of pictures and videos (every ``every``-th frame). With ``output``
-    (a folder), each picture is also written with its boxes drawn, each video as an .mp4 of drawn frames.
+    (a folder), each picture is also written with its boxes drawn, each video as an .mp4 of drawn frames
+    (named as :func:`drawing_names` says; each entry's ``drawing`` is its file).
     Returns one entry per picture or frame: source, frame (videos), objects."""
     results = []
+    files = _expand(paths)
+    names = drawing_names(files)
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
-    for path in _expand(paths):
+    for path in files:
         if path.suffix.lower() in VIDEO_SUFFIXES:
-            results += _detect_video(runner, path, threshold, output, every)
+            results += _detect_video(runner, path, threshold, output and output / f"{names[path]}.mp4", every)
             continue
         picture = load_image(path)
         objects = runner.detect([picture], threshold)[0]
-        if output is not None:
-            draw(picture, objects).save(output / f"{path.stem}.png")
         results.append({"source": str(path), "objects": [o.as_dict() for o in objects]})
+        if output is not None:
+            draw(picture, objects).save(output / f"{names[path]}.png")
+            results[-1]["drawing"] = str(output / f"{names[path]}.png")
     return results
+
+
+def drawing_names(paths: list[Path]) -> dict[Path, str]:
+    """A drawing's file name (without suffix) per input: its stem, and where inputs share a stem
+    (a/x.jpg and b/x.jpg, x.jpg and x.png) a short hash of its full path too, so none overwrites
+    another and the same input gets the same name in every run."""
+    stems = Counter(p.stem for p in dict.fromkeys(paths))
+    return {p: p.stem if stems[p.stem] == 1 else f"{p.stem}-{hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:8]}"
+            for p in paths}
 
 
 def _expand(paths: list[Path]) -> list[Path]:
@@ -138,7 +153,7 @@ def _expand(paths: list[Path]) -> list[Path]:
     return files
 
 
-def _detect_video(runner: DetectorRunner, path: Path, threshold: float, output: Path | None, every: int) -> list:
+def _detect_video(runner: DetectorRunner, path: Path, threshold: float, drawing: Path | None, every: int) -> list:
     import cv2
 
     results, writer = [], None
@@ -146,9 +161,10 @@ def _detect_video(runner: DetectorRunner, path: Path, threshold: float, output: 
         for k, frame in enumerate(read_frames(path, every=every)):
             objects = runner.detect([frame], threshold)[0]
             results.append({"source": str(path), "frame": k * every, "objects": [o.as_dict() for o in objects]})
-            if output is not None:
+            if drawing is not None:
+                results[-1]["drawing"] = str(drawing)
                 if writer is None:
-                    writer = cv2.VideoWriter(str(output / f"{path.stem}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"),
+                    writer = cv2.VideoWriter(str(drawing), cv2.VideoWriter_fourcc(*"mp4v"),
                                              25 / every, frame.size)
                 writer.write(cv2.cvtColor(np.asarray(draw(frame, objects)), cv2.COLOR_RGB2BGR))
     finally:

@@ -7,14 +7,16 @@ process; they differ in who steps the optimiser.
   each training on every world-th image of the epoch; gradients are averaged every step. A worker
   that dies stops the collective, so the run restarts every process from the last epoch's checkpoint
   (as torchrun's elastic agent does), up to ``max_restarts`` times.
-- ``ps`` (Mottakin's Algorithm 1, on ``torch.distributed.rpc``): rank 0 is the parameter server and
-  holds the model; each worker pulls the current trainable parameters in a distributed-autograd
-  context, runs forward and backward on its own share of the epoch, and steps a
-  ``DistributedOptimizer`` that updates the server's parameters, without waiting for the other
-  workers (asynchronous SGD). The server validates and checkpoints between epochs. A worker that
-  dies is dropped and its unfinished share goes to the others: the run goes on. Across machines the
-  server listens on an address (:func:`run_ps` with ``address``) and each worker joins it
-  (:func:`join_ps`).
+- ``ps`` (Mottakin's thesis, Algorithm 1, on ``torch.distributed.rpc``): rank 0 is the parameter server and
+  holds the model and the optimiser (so its state, AdamW's moments, lives on across epochs and is
+  checkpointed and resumed). Each worker asks the server for the next batch of the epoch with the
+  current trainable parameters, runs forward and backward on it and sends the gradients back; the
+  server steps (and applies the weight constraint) without waiting for the other workers
+  (asynchronous SGD). Batches are handed out on demand, so a fast worker takes more and an epoch
+  never waits for a slow worker's fixed share. The server validates and checkpoints between epochs.
+  A worker that dies is dropped and its unfinished batch goes to the others: the run goes on.
+  Across machines the server listens on an address (:func:`run_ps` with ``address``) and each
+  worker joins it (:func:`join_ps`).
 """
 
 import os
@@ -22,16 +24,20 @@ import sys
 import threading
 import traceback
 import warnings
-from functools import partial
+from collections import deque
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlparse
 
 import torch
 import torch.multiprocessing as mp
 from torch.distributed.rendezvous import register_rendezvous_handler
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import default_collate
 
 from edgelearn.errors import EdgelearnError, ParameterError
-from edgelearn.training.loop import cross_entropy, fit
+from edgelearn.training.loop import cross_entropy, fit, max_norm_, train_mode
+
+if TYPE_CHECKING:
+    from edgelearn.training.finetune import Job
 
 MODES = ("single", "ddp", "ps")
 
@@ -72,16 +78,16 @@ def _check(settings: dict, resume: bool):
     return job
 
 
-def _result(job) -> tuple[dict, list, dict]:
-    """Summary, history and best epoch of a finished run, from its last checkpoint."""
+def _result(job) -> tuple["Job", list, dict]:
+    """The job, history and best epoch of a finished run, from its last checkpoint."""
     state = torch.load(job.fit_args["checkpoint"], map_location="cpu", weights_only=True)
-    return job.summary, state["history"], state["best"]
+    return job, state["history"], state["best"]
 
 
 # --- synchronous data parallel ---------------------------------------------------------------------
 
 def run_ddp(settings: dict, *, workers: int, threads: int | None = None, resume: bool = False,
-            max_restarts: int = 3, log=print) -> tuple[dict, list, dict]:
+            max_restarts: int = 3, log=print) -> tuple["Job", list, dict]:
     """Train with ``workers`` DDP processes on loopback; restart them from the checkpoint if one dies."""
     if workers < 1:
         raise ValueError("workers must be at least 1")
@@ -122,12 +128,13 @@ def _ddp_rank(rank: int, world: int, port: int, settings: dict, threads: int, re
 # --- asynchronous parameter server ---------------------------------------------------------------
 
 SERVER = "server"
-_job = None  # this process's Job (server: the model trained; worker: the replica that computes)
+_job = None  # this process's Job (server: the model and optimiser trained; worker: the replica that computes)
+_epoch = None  # the server's current epoch: its batches, handed out on demand
 _lock = threading.Lock()
 _stop = threading.Event()
 _graceful = [True]
-# torch's notes about its own internals (RPC's gloo group, DistributedOptimizer's TorchScript), not ours to act on
-QUIET = [("ignore", ".*as a ProcessGroup.*"), ("ignore", ".*functional optimizers is deprecated.*")]
+# torch's note about its own internals (RPC's gloo group), not ours to act on
+QUIET = [("ignore", ".*as a ProcessGroup.*")]
 
 
 def _quiet() -> None:
@@ -139,21 +146,66 @@ def _trainable(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _param_rrefs() -> list:
-    """Runs on the server: references to the trainable parameters, for the workers' optimisers."""
-    from torch.distributed import rpc
-
-    return [rpc.RRef(p) for p in _trainable(_job.model)]
+def _statistics(model) -> dict[str, torch.Tensor]:
+    """The batch norms' running statistics (floating-point buffers)."""
+    return {n: b for n, b in model.named_buffers() if b.is_floating_point()}
 
 
-def _pull(buffers: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """Runs on the server: the current trainable parameters (as views, so distributed autograd routes
-    their gradients back here); takes the worker's batch-norm statistics in exchange."""
+class _Epoch:
+    """Runs on the server: one epoch's batches, each handed to whichever worker asks next (a fast
+    worker takes more, nobody waits for a slow one's share); a lost worker's batch goes back."""
+
+    def __init__(self, indices: list[int], batch_size: int):
+        batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+        if len(batches) > 1 and len(batches[-1]) == 1:
+            batches.pop()  # a batch of one gives batch norm no statistics (as in the single-process loop)
+        self.todo = deque(batches)
+        self.busy: dict[int, list[int]] = {}  # worker rank -> the batch it computes
+        self.totals = [0.0, 0, 0]  # loss sum, correct, count of the batches stepped
+
+    def hand_out(self, rank: int) -> list[int] | None:
+        batch = self.todo.popleft() if self.todo else None
+        self.busy[rank] = batch
+        return batch
+
+    def done(self, rank: int, sums: tuple[float, int, int]) -> None:
+        self.busy.pop(rank, None)
+        self.totals = [a + b for a, b in zip(self.totals, sums, strict=True)]
+
+    def lost(self, rank: int) -> list[int] | None:
+        batch = self.busy.pop(rank, None)
+        if batch:
+            self.todo.append(batch)
+        return batch
+
+
+def _fetch(rank: int) -> tuple[list[int], list[torch.Tensor], dict[str, torch.Tensor]] | None:
+    """Runs on the server: worker ``rank``'s next batch with the current parameters and statistics
+    (copies: the optimiser goes on stepping), or None when the epoch has no batch left."""
     with _lock, torch.no_grad():
-        own = dict(_job.model.named_buffers())
-        for name, value in buffers.items():
-            own[name].copy_(value)
-    return [p.view_as(p) for p in _trainable(_job.model)]
+        batch = _epoch.hand_out(rank)
+        if batch is None:
+            return None
+        return (batch, [p.detach().clone() for p in _trainable(_job.model)],
+                {n: b.clone() for n, b in _statistics(_job.model).items()})
+
+
+def _push(rank: int, grads: list[torch.Tensor], statistics: dict[str, torch.Tensor],
+          sums: tuple[float, int, int]) -> None:
+    """Runs on the server: one optimiser step with a worker's gradients (the server's optimiser, so
+    its state lives on and is checkpointed), the weight constraint, the worker's batch-norm statistics."""
+    with _lock:
+        for param, grad in zip(_trainable(_job.model), grads, strict=True):
+            param.grad = grad
+        _job.optimizer.step()
+        _job.optimizer.zero_grad()
+        if _job.fit_args.get("max_norm"):
+            max_norm_(_job.learning, _job.fit_args["max_norm"])
+        with torch.no_grad():
+            own = _statistics(_job.model)
+            for name, value in statistics.items():
+                own[name].copy_(value)
+        _epoch.done(rank, sums)
 
 
 def _finish(graceful: bool) -> None:
@@ -161,37 +213,34 @@ def _finish(graceful: bool) -> None:
     _stop.set()
 
 
-def _worker_epoch(epoch: int, indices: list[int], lr: float, defaults: dict, seed: int) -> tuple[float, int, int]:
-    """Runs on a worker: one pass over ``indices``, stepping the server's parameters after every batch."""
-    import torch.distributed.autograd as dist_autograd
+def _worker_epoch(epoch: int, seed: int) -> None:
+    """Runs on a worker: batches from the server until the epoch has none left; for each, the gradients
+    on the server's current parameters go back to the server, which steps without waiting for the
+    other workers (asynchronous SGD)."""
     from torch.distributed import rpc
-    from torch.distributed.optim import DistributedOptimizer
-    from torch.func import functional_call
 
     job, rank = _job, rpc.get_worker_info().id
-    _say(f"ps worker {rank} (pid {os.getpid()}) starts epoch {epoch + 1} with {len(indices)} images")
-    names = [n for n, p in job.model.named_parameters() if p.requires_grad]
-    optimizer = DistributedOptimizer(type(job.optimizer), rpc.rpc_sync(SERVER, _param_rrefs), **{**defaults, "lr": lr})
+    _say(f"ps worker {rank} (pid {os.getpid()}) starts epoch {epoch + 1}")
     torch.manual_seed(seed * 100_003 + epoch + 7919 * rank)
-    job.model.eval()
-    for module in job.learning:
-        module.train()
-    loss_sum, correct, count = 0.0, 0, 0
-    for batch in DataLoader(Subset(job.train_set, indices), job.fit_args["batch_size"]):
-        with dist_autograd.context() as context:
-            buffers = {n: b for n, b in job.model.named_buffers() if b.is_floating_point()}
-            params = dict(zip(names, rpc.rpc_sync(SERVER, _pull, args=(buffers,)), strict=True))
-            loss, logits, target = cross_entropy(partial(functional_call, job.model, params), batch)
-            dist_autograd.backward(context, [loss])
-            optimizer.step(context)
-        loss_sum += loss.item() * len(target)
-        correct += int((logits.argmax(1) == target).sum())
-        count += len(target)
-    return loss_sum, correct, count
+    train_mode(job.model, job.learning)
+    params = _trainable(job.model)
+    while (work := rpc.rpc_sync(SERVER, _fetch, args=(rank,))) is not None:
+        batch, values, statistics = work
+        with torch.no_grad():
+            for param, value in zip(params, values, strict=True):
+                param.copy_(value)
+            own = _statistics(job.model)
+            for name, value in statistics.items():
+                own[name].copy_(value)
+        job.model.zero_grad()
+        loss, logits, target = cross_entropy(job.model, default_collate([job.train_set[i] for i in batch]))
+        loss.backward()
+        sums = (loss.item() * len(target), int((logits.argmax(1) == target).sum()), len(target))
+        rpc.rpc_sync(SERVER, _push, args=(rank, [p.grad for p in params], _statistics(job.model), sums))
 
 
 def run_ps(settings: dict, *, workers: int, threads: int | None = None, resume: bool = False,
-           address: str | None = None, log=print) -> tuple[dict, list, dict]:
+           address: str | None = None, log=print) -> tuple["Job", list, dict]:
     """Run the parameter server and ``workers`` worker processes started here (loopback) or, with
     ``address`` (``HOST:PORT``), listen there for workers started on their machines by :func:`join_ps`.
 
@@ -244,7 +293,8 @@ def _ps_server(settings: dict, workers: int, port: int, threads: int, resume: bo
 
 def serve_parameters(settings: dict, *, workers: int, port: int, threads: int | None = None, resume: bool = False,
                      log=print) -> None:
-    """Rank 0: hold the model, hand each epoch's images to the live workers, validate and checkpoint.
+    """Rank 0: hold the model and optimiser, hand each epoch's batches to the live workers as they ask,
+    step with their gradients, validate and checkpoint.
     ``port``: the rendezvous store's on this machine (:func:`listen`), which the workers join too."""
     from torch.distributed import rpc
 
@@ -257,33 +307,31 @@ def serve_parameters(settings: dict, *, workers: int, port: int, threads: int | 
         torch.set_num_threads(threads)
     rpc.init_rpc(SERVER, rank=0, world_size=workers + 1,
                  rpc_backend_options=_rpc_options(f"edgelearn-store://127.0.0.1:{port}"))
-    live = [f"worker{rank}" for rank in range(1, workers + 1)]
-    defaults = {k: v for k, v in _job.optimizer.defaults.items() if k in ("betas", "eps", "weight_decay", "momentum")}
+    live = list(range(1, workers + 1))  # the ranks of the workers still running
 
-    def run_epoch(epoch: int, indices: list[int], lr: float) -> tuple[float, int, int]:
-        totals, todo = [0.0, 0, 0], indices
-        while todo:
+    def run_epoch(epoch: int, indices: list[int]) -> tuple[float, int, int]:
+        global _epoch
+        _epoch = _Epoch(indices, _job.fit_args["batch_size"])
+        while _epoch.todo:  # at first, and again when a lost worker's batch went back
             if not live:
                 raise TrainingError("every worker failed; the last checkpoint holds the finished epochs")
-            shares = {w: todo[i::len(live)] for i, w in enumerate(live)}
-            futures = {w: rpc.rpc_async(w, _worker_epoch, args=(epoch, share, lr, defaults, settings.get("seed", 0)),
-                                        timeout=0) for w, share in shares.items()}
-            todo = []
-            for worker, future in futures.items():
+            futures = {rank: rpc.rpc_async(f"worker{rank}", _worker_epoch, args=(epoch, settings.get("seed", 0)),
+                                           timeout=0) for rank in live}
+            for rank, future in futures.items():
                 try:
-                    totals = [a + b for a, b in zip(totals, future.wait(), strict=True)]
+                    future.wait()
                 except RuntimeError as exc:
-                    live.remove(worker)
-                    todo += shares[worker]  # the share may be partly done: the server has its steps already
-                    log(f"{worker} failed ({str(exc).splitlines()[0][:120]}); {len(live)} worker(s) go on, "
-                        f"taking its {len(shares[worker])} images")
-        return tuple(totals)
+                    live.remove(rank)
+                    with _lock:
+                        _epoch.lost(rank)
+                    log(f"worker{rank} failed ({str(exc).splitlines()[0][:120]}); {len(live)} worker(s) go on")
+        return tuple(_epoch.totals)
 
     try:
         fit(_job.model, _job.optimizer, _job.train_set, _job.val_set, learning=_job.learning, run_epoch=run_epoch,
             resume=resume, log=log, **_job.fit_args)
         graceful = len(live) == workers  # a lost worker would keep a graceful shutdown waiting forever
-        for future in [rpc.rpc_async(worker, _finish, args=(graceful,)) for worker in live]:
+        for future in [rpc.rpc_async(f"worker{rank}", _finish, args=(graceful,)) for rank in live]:
             try:
                 future.wait()
             except RuntimeError:  # a worker told to stop without ceremony may close before it answers

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 
 from edgelearn.backbones import build_classifier
@@ -30,7 +30,7 @@ from edgelearn.data.images import load_image
 from edgelearn.data.patches import GridPatches, PatchGrid, RandomPatches
 from edgelearn.errors import DatasetError, ModelFileError, ParameterError
 from edgelearn.files import atomic_write_bytes
-from edgelearn.training.loop import fit
+from edgelearn.training.loop import fit, run_batches
 
 STRATEGIES = ("frozen", "partial", "full")
 DEFAULT_LR = {"frozen": 1e-3, "partial": 3e-4, "full": 1e-4}
@@ -79,6 +79,7 @@ class Job:
     val_set: Dataset
     fit_args: dict  # the rest of fit()'s keyword arguments
     summary: dict = field(default_factory=dict)
+    test_set: Dataset | None = None  # the data set's test/ images, scored after training
 
 
 def prepare(dataset: str | os.PathLike, output: str | os.PathLike, *, backbone: str = "mobilenet_v2",
@@ -93,7 +94,7 @@ def prepare(dataset: str | os.PathLike, output: str | os.PathLike, *, backbone: 
         raise ValueError("epochs and batch size must be at least 1")
     input_size = input_size or (patch.size if patch else None)
     output = Path(output)
-    ds = FolderDataset.splits(dataset)[0]
+    ds, test = FolderDataset.splits(dataset)
     if len(ds.classes) < 2:
         raise DatasetError(f"{dataset}: fine-tuning needs at least two classes")
     train_idx, val_idx = split_validation(ds, val_fraction, seed)
@@ -122,14 +123,21 @@ def prepare(dataset: str | os.PathLike, output: str | os.PathLike, *, backbone: 
     y = [target[label] for label in ds.labels]
     train_paths, train_y = [ds.paths[i] for i in train_idx], [y[i] for i in train_idx]
     val_paths, val_y = [ds.paths[i] for i in val_idx], [y[i] for i in val_idx]
+    def scored(paths, targets):  # validation and test: the whole image, or with patches every grid patch
+        if patch is None:
+            return Images(paths, targets, prep.transform())
+        return GridPatches(paths, targets, patch, patch_transform(prep))
+
     if patch is None:
         train_tf = T.Compose([T.ToImage(), T.RandomResizedCrop(prep.input_size, scale=(0.6, 1.0), antialias=True),
                               T.RandomHorizontalFlip(), T.ToDtype(torch.float32, scale=True),
                               T.Normalize(prep.mean, prep.std)])
-        train_set, val_set = Images(train_paths, train_y, train_tf), Images(val_paths, val_y, prep.transform())
-    else:  # Kim, Noh and Park: one patch per image (no other augmentation), validated on every grid patch
+        train_set = Images(train_paths, train_y, train_tf)
+    else:  # Kim, Noh and Park: one patch per image, without other augmentation
         train_set = RandomPatches(train_paths, train_y, patch, patch_transform(prep))
-        val_set = GridPatches(val_paths, val_y, patch, patch_transform(prep))
+    val_set = scored(val_paths, val_y)
+    known = [] if test is None else [i for i, label in enumerate(test.labels) if label in target]
+    test_set = scored([test.paths[i] for i in known], [target[test.labels[i]] for i in known]) if known else None
 
     def save_best(metrics: dict) -> None:
         _save_model(output, model, config, source, padding, prep, metrics)
@@ -139,13 +147,17 @@ def prepare(dataset: str | os.PathLike, output: str | os.PathLike, *, backbone: 
                 "max_norm": max_norm}
     summary = {"model": str(output), "classes": ds.classes, "strategy": strategy,
                "trainable_parameters": sum(p.numel() for p in params)}
-    return Job(model, optimizer, learning, train_set, val_set, fit_args, summary)
+    if test is not None and len(known) < len(test):  # the model cannot name these: not scored, but said
+        summary["test_classes_left_out"] = sorted(set(test.classes) - set(ds.classes))
+    return Job(model, optimizer, learning, train_set, val_set, fit_args, summary, test_set)
 
 
 def train(dataset: str | os.PathLike, output: str | os.PathLike, *, mode: str = "single", workers: int = 1,
           threads: int | None = None, address: str | None = None, rank: int | None = None, resume: bool = False,
           progress: bool = False, log=print, **settings) -> dict:
-    """Fine-tune and save; returns the history (per epoch: train/val loss and accuracy, seconds) and the best epoch.
+    """Fine-tune and save; returns the history (per epoch: train/val loss and accuracy, seconds), the best epoch
+    and, when the data set has a test/ folder, the best epoch's ``test_loss`` and ``test_accuracy`` on it (on the
+    classes it trained on; ``test_classes_left_out`` names any others).
 
     ``mode``: ``single`` (this process), ``ddp`` (``workers`` data-parallel processes, gloo) or ``ps``
     (a parameter server in this process and ``workers`` asynchronous worker processes); ``threads``
@@ -166,7 +178,6 @@ def train(dataset: str | os.PathLike, output: str | os.PathLike, *, mode: str = 
             torch.set_num_threads(threads)
         history, best = fit(job.model, job.optimizer, job.train_set, job.val_set, learning=job.learning,
                             resume=resume, progress=progress, log=log, **job.fit_args)
-        summary = job.summary
     elif mode == "ps" and rank is not None:
         if not address:
             raise ParameterError("a worker (rank) needs the parameter server's address")
@@ -176,13 +187,24 @@ def train(dataset: str | os.PathLike, output: str | os.PathLike, *, mode: str = 
     elif mode == "ddp":
         if address or rank is not None:
             raise ParameterError("address and rank are for the parameter server (mode ps)")
-        summary, history, best = distributed.run_ddp(dict(settings, dataset=dataset, output=output), workers=workers,
-                                                     threads=threads, resume=resume, log=log)
+        job, history, best = distributed.run_ddp(dict(settings, dataset=dataset, output=output), workers=workers,
+                                                 threads=threads, resume=resume, log=log)
     else:
-        summary, history, best = distributed.run_ps(dict(settings, dataset=dataset, output=output), workers=workers,
-                                                    threads=threads, resume=resume, address=address, log=log)
-    return {**summary, "mode": mode, "workers": workers if mode != "single" else 1, "best_epoch": best["epoch"],
-            "best_val_loss": best["val_loss"], "history": history}
+        job, history, best = distributed.run_ps(dict(settings, dataset=dataset, output=output), workers=workers,
+                                                threads=threads, resume=resume, address=address, log=log)
+    return {**job.summary, "mode": mode, "workers": workers if mode != "single" else 1, "best_epoch": best["epoch"],
+            "best_val_loss": best["val_loss"], **score_test(job, Path(output)), "history": history}
+
+
+def score_test(job: Job, output: Path) -> dict:
+    """Loss and accuracy of the best epoch's model (``output``) on the data set's test/ images; none without."""
+    if job.test_set is None or not output.is_file():
+        return {}
+    job.model.load_state_dict(torch.load(output, map_location="cpu", weights_only=True))
+    job.model.eval()
+    with torch.no_grad():
+        loss_sum, correct, count = run_batches(job.model, DataLoader(job.test_set, job.fit_args["batch_size"]))
+    return {"test_loss": loss_sum / count, "test_accuracy": correct / count}
 
 
 def continue_from(model: nn.Module, path: Path, classes: list[str]) -> None:

@@ -24,8 +24,9 @@ from edgelearn.files import atomic_write_bytes, atomic_write_figure
 #: ``loss(model, batch) -> (loss, logits, targets)``; accuracy is counted on ``logits`` vs ``targets``
 #: (a task without one, detection, returns ``logits=None``: the history's accuracies are then None).
 Loss = Callable[[nn.Module, Sequence[torch.Tensor]], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-#: ``run_epoch(epoch, indices, lr) -> (loss sum, correct, count)``: a training pass run elsewhere.
-EpochRunner = Callable[[int, list[int], float], tuple[float, int, int]]
+#: ``run_epoch(epoch, indices) -> (loss sum, correct, count)``: a training pass run elsewhere (stepping
+#: ``fit``'s optimiser, whose learning rate ``fit`` sets per epoch).
+EpochRunner = Callable[[int, list[int]], tuple[float, int, int]]
 
 
 def cross_entropy(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -58,7 +59,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset, 
 
     Distributed runs share this loop: ``shard=(rank, world)`` gives each data-parallel process every
     world-th image of the epoch's sample and of the validation set (sums are all-reduced; only rank 0
-    writes); ``run_epoch(epoch, indices, lr)`` replaces the local training pass (a parameter server
+    writes); ``run_epoch(epoch, indices)`` replaces the local training pass (a parameter server
     hands the indices to its workers) and returns ``(loss sum, correct, count)``. ``collate_fn`` batches
     the data sets' items (default: torch's stacking).
     """
@@ -83,11 +84,9 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset, 
                                             generator=torch.Generator().manual_seed(seed * 100_003 + epoch)))
         sample = sample[:len(sample) // world * world]  # equal shards: every rank takes as many steps
         if run_epoch is not None:
-            sums = run_epoch(epoch, sample, optimizer.param_groups[0]["lr"])
+            sums = run_epoch(epoch, sample)
         else:
-            model.eval()
-            for module in learning:
-                module.train()
+            train_mode(model, learning)
             shard = sample[rank::world]
             # a last batch of one gives batch norm no statistics (and fails on 1x1 maps): it is left out
             loader = DataLoader(train_set, batch_size, sampler=shard, collate_fn=collate_fn,
@@ -113,6 +112,18 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset, 
     if rank == 0:
         plot_history(history, checkpoint.with_suffix(".png"))
     return history, best
+
+
+def train_mode(model: nn.Module, learning: Sequence[nn.Module]) -> None:
+    """Put ``learning`` in training mode and keep the rest in eval mode, so frozen batch norms keep their
+    statistics; dropout (which holds no statistics) is on everywhere, so ``--dropout`` regularises
+    a frozen or partly frozen model too."""
+    model.eval()
+    for module in learning:
+        module.train()
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.train()
 
 
 def max_norm_(modules: Sequence[nn.Module], limit: float) -> None:
