@@ -509,3 +509,19 @@ def test_a_stored_version_that_fails_the_checks_is_refused_by_name(tmp_path):
         station.rollback(bad)
     assert knowing(station) == before
     station.close()
+
+
+def test_api_user_errors_are_4xx_with_their_reason_and_bugs_stay_500(tmp_path, monkeypatch):
+    station = Station(config(tmp_path))
+    client = TestClient(create_app(station, TOKEN), base_url="http://localhost", raise_server_exceptions=False)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    no_label = client.post("/api/learn", headers=auth, files=[("files", ("red.png", png("red"), "image/png"))])
+    assert no_label.status_code == 400 and "give a label" in no_label.json()["detail"]
+
+    def broken(*args, **kwargs):
+        raise ValueError("operands could not be broadcast together with shapes (3,) (4,)")
+
+    monkeypatch.setattr(station, "predict", broken)
+    bug = client.post("/api/predict", content=png("red"), headers={"Content-Type": "image/png"})
+    assert bug.status_code == 500 and "broadcast" not in bug.text  # an internal message never reaches clients
+    station.close()

@@ -121,8 +121,7 @@ def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLO
     app.add_middleware(Guard, tokens=tokens, hosts=allowed_hosts or served_names(),
                        reads_need_token=reads_need_token)  # outermost: before the body and any other work
 
-    @app.exception_handler(EdgelearnError)
-    @app.exception_handler(ValueError)
+    @app.exception_handler(EdgelearnError)  # a user's mistake: 4xx with its message; anything else is a bug (500)
     async def user_error(request: Request, exc: Exception):
         return JSONResponse({"detail": str(exc)}, 404 if isinstance(exc, NotFoundError) else 400)
 

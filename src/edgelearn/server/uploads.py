@@ -17,7 +17,7 @@ from PIL import Image
 
 from edgelearn.data.frames import VIDEO_SUFFIXES, dedupe, read_frames
 from edgelearn.data.images import IMAGE_SUFFIXES, load_image, open_image
-from edgelearn.errors import ImageError, LabelError, TooLargeError
+from edgelearn.errors import ImageError, LabelError, ParameterError, TooLargeError
 from edgelearn.labels import check_label
 from edgelearn.server.limits import Budget
 
@@ -50,7 +50,7 @@ def labelled_images(filename: str, data: bytes, label: str | None, *, every: int
     if kind == "zip":
         return _from_zip(filename, data, label, max_pixels, budget, fit)
     if not label:
-        raise ValueError(f"{filename}: give a label (a class name or concept path) for this upload")
+        raise ParameterError(f"{filename}: give a label (a class name or concept path) for this upload")
     if kind == "video":
         return ((frame, label) for frame in _from_video(filename, data, every, max_pixels, budget, fit))
     budget.spend(filename, _pixels(open_image(data, name=filename, max_pixels=max_pixels, eight_bit_only=True)))
@@ -112,7 +112,7 @@ def _member_label(filename: str, member: zipfile.ZipInfo, label: str | None) -> 
         return label
     folder = member.filename.rpartition("/")[0]  # as written: the rule sees '.', '..' and empty levels
     if not folder:
-        raise ValueError(f"{filename}: {member.filename} is not in a concept folder and no label was given")
+        raise ParameterError(f"{filename}: {member.filename} is not in a concept folder and no label was given")
     try:
         return check_label(folder)
     except LabelError as exc:

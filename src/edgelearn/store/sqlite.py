@@ -29,7 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edgelearn.errors import ConflictError, EdgelearnError, GoneError, ModelFileError, NotFoundError, StoreError
+from edgelearn.errors import (
+    ConflictError,
+    EdgelearnError,
+    GoneError,
+    ModelFileError,
+    NotFoundError,
+    ParameterError,
+    StoreError,
+)
 from edgelearn.files import parse_container, private_folder
 
 MIGRATIONS = [
@@ -186,7 +194,7 @@ class Store:
         """Name a version; a tagged version is never pruned."""
         tag = tag.strip()
         if not tag or len(tag) > 100 or not tag.isprintable():
-            raise ValueError("a version tag is 1 to 100 printable characters")
+            raise ParameterError("a version tag is 1 to 100 printable characters")
         with self._transaction():
             self.package(version)  # exists and still has its package
             self._db.execute("UPDATE versions SET tag = ? WHERE id = ?", (tag, version))
