@@ -1,5 +1,3 @@
-"""Smaller and faster module A: export to ONNX and run on ONNX Runtime (quantisation builds on it)."""
-
-from edgelearn.compress.onnx import OnnxRunner, export_onnx
-
-__all__ = ["OnnxRunner", "export_onnx"]
+"""Moved: module A's runtimes live in :mod:`edgelearn.runtime`, a classifier's export in
+:mod:`edgelearn.inspection.export`, the variants' comparison in :mod:`edgelearn.evaluation.variants`.
+Kept only until the CLI imports from there; delete it then."""

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from torchvision.transforms import v2 as T
 
 from edgelearn.backbones import build_classifier
 from edgelearn.data import FolderDataset
@@ -123,13 +122,11 @@ def prepare(dataset: str | os.PathLike, output: str | os.PathLike, *, backbone: 
     train_paths, train_y = [ds.paths[i] for i in train_idx], [y[i] for i in train_idx]
     val_paths, val_y = [ds.paths[i] for i in val_idx], [y[i] for i in val_idx]
     if patch is None:
-        train_tf = T.Compose([T.ToImage(), T.RandomResizedCrop(prep.input_size, scale=(0.6, 1.0), antialias=True),
-                              T.RandomHorizontalFlip(), T.ToDtype(torch.float32, scale=True),
-                              T.Normalize(prep.mean, prep.std)])
-        train_set, val_set = Images(train_paths, train_y, train_tf), Images(val_paths, val_y, prep.transform())
+        train_set = Images(train_paths, train_y, prep.train_transform())
+        val_set = Images(val_paths, val_y, prep.transform())
     else:  # paper 003: one patch per image (no other augmentation), validated on every grid patch
-        train_set = RandomPatches(train_paths, train_y, patch, patch_transform(prep))
-        val_set = GridPatches(val_paths, val_y, patch, patch_transform(prep))
+        train_set = RandomPatches(train_paths, train_y, patch, prep.patch_transform())
+        val_set = GridPatches(val_paths, val_y, patch, prep.patch_transform())
 
     def save_best(metrics: dict) -> None:
         _save_model(output, model, config, source, padding, prep, metrics)
@@ -208,12 +205,6 @@ class Images(Dataset):
 
     def __getitem__(self, i):
         return self.transform(load_image(self.paths[i])), self.targets[i]
-
-
-def patch_transform(prep) -> T.Compose:
-    """A patch to a normalised tensor at the network's input size (resized only if that differs)."""
-    return T.Compose([T.ToImage(), T.Resize((prep.input_size, prep.input_size), antialias=True),
-                      T.ToDtype(torch.float32, scale=True), T.Normalize(prep.mean, prep.std)])
 
 
 def _save_model(output: Path, model, config, source, padding, prep, metrics) -> None:
