@@ -8,8 +8,6 @@ so ``edgelearn inspect OUT.onnx|OUT.pt2|OUT.tflite ...`` runs it by the same pat
 
 import json
 import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,11 +17,7 @@ from edgelearn.data import FolderDataset
 from edgelearn.data.images import load_image
 from edgelearn.files import atomic_write_bytes
 from edgelearn.inspection.inspector import Inspector, load_model
-from edgelearn.runtime import EXPORT_SUFFIXES, Precision
-from edgelearn.runtime.litert import export_litert
-from edgelearn.runtime.onnx import export_onnx
-from edgelearn.runtime.program import export_program
-from edgelearn.runtime.quantize import quantize
+from edgelearn.runtime import Precision, export_model
 
 
 def compress_classifier(model: str | os.PathLike, output: str | os.PathLike, *, precision: str = "int8",
@@ -40,20 +34,8 @@ def compress_classifier(model: str | os.PathLike, output: str | os.PathLike, *, 
     train, test = FolderDataset.splits(calibration)
     calib = train.sample_per_class(calibration_per_class, seed)
     patches = _patch_batches(reference, [load_image(p) for p in calib.paths])
-    output = Path(output)
-    if output.suffix not in EXPORT_SUFFIXES:
-        raise ValueError(f"{output}: name the export .onnx (ONNX Runtime), .pt2 (torch.export) or .tflite (LiteRT)")
-    net, side = fuse_batch_norms(source.model), source.preprocessing.input_size
-    if output.suffix != ".onnx" and precision is not Precision.FP32:
-        raise ValueError(f"a {output.suffix} export is fp32; lower precisions go through ONNX Runtime (.onnx)")
-    if output.suffix == ".pt2":
-        export_program(net, side, output)
-    elif output.suffix == ".tflite":
-        export_litert(net, side, output, batch=source.grid.grid ** 2)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            fp32 = export_onnx(net, side, Path(tmp) / "fp32.onnx")
-            quantize(fp32, output, precision, calibration=patches if precision is Precision.INT8 else None)
+    output = export_model(fuse_batch_norms(source.model), source.preprocessing.input_size, output, precision,
+                          calibration=patches, batch=source.grid.grid ** 2)
     meta = {**source.meta, "file": output.name, "export": {"precision": precision, "parameters": reference.parameters,
                                                            "source_sha256": source.meta.get("sha256")}}
     atomic_write_bytes(output.with_suffix(".json"), json.dumps(meta, indent=1).encode())
