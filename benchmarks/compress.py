@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks import common  # noqa: E402
-from edgelearn.compress.variants import VARIANTS, compare_variants  # noqa: E402
+from edgelearn.evaluation.variants import VARIANTS, compare_variants  # noqa: E402
 
 SIZES = (224, 96)
 

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from rich.progress import track
 
-from edgelearn.backbones import Backbone, build_backbone
+from edgelearn.backbones import WEIGHTS_ENV, Backbone, build_backbone
 from edgelearn.data.cache import FeatureCache, content_hash
 from edgelearn.data.images import load_image, to_rgb
 from edgelearn.errors import DatasetError, IncompatibleError
@@ -87,7 +87,7 @@ class Recognizer:
         self.temperature = float(temperature)  # calibration: proba = softmax(logits / temperature)
         # what the features came from; kept when loaded without the backbone (consolidate, info)
         self.fingerprint = backbone.fingerprint if backbone is not None else fingerprint
-        path = backbone.weights.path if backbone is not None else weights_path
+        path = backbone.weights.file if backbone is not None else weights_path
         self.weights_path = str(Path(path).resolve()) if path else None
 
     @classmethod
@@ -304,7 +304,7 @@ def _rebuild_backbone(manifest: dict, weights, runtime: str = "torch") -> Backbo
             weights, seed = "random", int(ident.split("=")[1])
         elif ident.startswith("torchvision:"):
             weights = "download"
-        elif not os.environ.get("EDGELEARN_WEIGHTS") and manifest.get("weights_path") \
+        elif not os.environ.get(WEIGHTS_ENV) and manifest.get("weights_path") \
                 and Path(manifest["weights_path"]).is_file():
             weights = manifest["weights_path"]
     return build_backbone(fp["name"], weights=weights, input_size=fp["input_size"], seed=seed, runtime=runtime)

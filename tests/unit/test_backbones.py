@@ -83,7 +83,7 @@ def test_weights_errors_say_what_to_do(tmp_path, monkeypatch):
 def test_environment_variable_names_the_weights(tmp_path, monkeypatch):
     torch.save(build_backbone("tiny", weights="random", seed=5).model.state_dict(), tmp_path / "w.pt")
     monkeypatch.setenv("EDGELEARN_WEIGHTS", str(tmp_path / "w.pt"))
-    assert build_backbone("tiny").weights.path == tmp_path / "w.pt"
+    assert build_backbone("tiny").weights.file == tmp_path / "w.pt"
 
 
 def test_duplicate_registration_is_an_error():
@@ -145,7 +145,7 @@ def test_onnx_runtime_gives_the_same_features_and_is_cached(tmp_path, monkeypatc
 
 
 def test_a_damaged_onnx_file_is_a_clear_error_and_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
-    from edgelearn.compress import OnnxRunner
+    from edgelearn.runtime.onnx import OnnxRunner
 
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not onnx")
@@ -157,3 +157,39 @@ def test_a_damaged_onnx_file_is_a_clear_error_and_a_damaged_cache_is_rebuilt(tmp
     again = build_backbone("tiny", weights="random", input_size=32, runtime="onnx")
     image = Image.new("RGB", (32, 32), "red")
     np.testing.assert_allclose(again.embed([image]), first.embed([image]), atol=1e-5)
+
+
+def test_without_weights_every_command_takes_the_shared_file_when_present(tmp_path, monkeypatch):
+    import torchvision
+
+    from edgelearn.backbones.weights import sha256_file
+    from edgelearn.detection.models import build_detector
+
+    shared = tmp_path / "shared" / "models" / "mobilenet_v2_imagenet.pt"
+    shared.parent.mkdir(parents=True)
+    torch.save(torchvision.models.mobilenet_v2().state_dict(), shared)
+    (tmp_path / "checkout").mkdir()
+    monkeypatch.chdir(tmp_path / "checkout")  # the file lies at ../shared/models, as next to a checkout
+    # learn/predict/evaluate (the recognizer), serve (the station) and detection all build through here
+    backbone = build_backbone("mobilenet_v2", input_size=32)
+    assert backbone.weights.file == shared and backbone.weights.sha256 == sha256_file(shared)
+    assert build_detector(["part"], size=64).meta["weights"] == sha256_file(shared)
+    assert build_backbone("tiny", input_size=32, weights="random").weights.kind == "random"  # given weights win
+    monkeypatch.setenv("EDGELEARN_WEIGHTS", "random")
+    assert build_backbone("mobilenet_v2", input_size=32).weights.kind == "random"  # then the environment
+
+
+def test_every_input_path_preprocesses_alike():
+    from edgelearn.backbones import Preprocessing
+    from edgelearn.backbones.preprocessing import unit_square
+
+    prep = Preprocessing(24, 28)
+    patch = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8))
+    # distillation holds uint8 pixels and normalises them later: the same tensor as the inspector's
+    torch.testing.assert_close(prep.normalise()(prep.pixels()(patch)), prep.patch_transform()(patch))
+    # a detector's input is the same resize, left in [0, 1] (its trunk normalises)
+    plain = Preprocessing(24, 24, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    torch.testing.assert_close(unit_square(24)(patch), plain.patch_transform()(patch))
+    # the picture a heat map is drawn on is the part the network sees
+    seen = prep.crop(Image.new("RGB", (40, 30), "red"))
+    assert seen.size == (24, 24)

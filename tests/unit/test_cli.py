@@ -152,13 +152,13 @@ def test_a_bug_keeps_its_traceback_while_a_user_error_is_one_line(runner, image_
 def test_every_choice_matches_the_library_and_every_cli_module_stays_small():
     from edgelearn.backbones.backbone import RUNTIMES
     from edgelearn.cli import options
-    from edgelearn.compress.quantize import PRECISIONS
     from edgelearn.detection.models import ARCHITECTURES
     from edgelearn.evaluation import CONSOLIDATION
     from edgelearn.explain.representatives import METHODS
     from edgelearn.federation.training.strategies import STRATEGIES as FEDERATED
     from edgelearn.learners import ALIASES, LEARNERS
     from edgelearn.learners.fuzzy_artmap import STRATEGIES as FOLDS
+    from edgelearn.runtime.quantize import PRECISIONS
     from edgelearn.training.distributed import MODES
     from edgelearn.training.finetune import STRATEGIES
 

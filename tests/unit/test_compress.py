@@ -3,9 +3,9 @@ import pytest
 from PIL import Image
 
 from edgelearn.backbones import build_backbone
-from edgelearn.compress.quantize import quantize
 from edgelearn.errors import EdgelearnError, IncompatibleError
 from edgelearn.recognizer import Recognizer
+from edgelearn.runtime.quantize import quantize
 from tests.unit.test_station import colour_image
 
 
@@ -50,3 +50,24 @@ def test_knowledge_learned_at_one_precision_is_refused_at_another_unless_allowed
         Recognizer.from_bytes(fp32.to_bytes(), backbone=int8)
     forced = Recognizer.from_bytes(fp32.to_bytes(), backbone=int8, allow_other_precision=True)
     assert forced.predict([colour_image("red", 5)])[0].label == "red"
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".pt2"])
+def test_every_export_runs_through_the_same_runner_api(tmp_path, suffix):
+    import torch
+
+    from edgelearn.runtime import load_runner
+    from edgelearn.runtime.onnx import export_onnx
+    from edgelearn.runtime.program import export_program
+
+    model = build_backbone("tiny", weights="random", input_size=32).model
+    x = torch.rand(3, 3, 32, 32)
+    with torch.inference_mode():
+        expected = model(x).flatten(1)
+    path = tmp_path / f"m{suffix}"
+    (export_onnx if suffix == ".onnx" else export_program)(model, 32, path)
+    runner = load_runner(path)
+    (first, *rest) = runner.run(x)
+    assert rest == [] and torch.allclose(runner(x), expected, atol=1e-5) and first.shape[0] == 3
+    with pytest.raises(EdgelearnError, match="export is a"):
+        load_runner(tmp_path / "m.bin")

@@ -13,10 +13,10 @@ ROOT = Path(edgelearn.__file__).parent
 # bottom to top; a part may import its own layer's parts and any below
 LAYERS = [
     {"__init__", "errors", "labels", "files"},  # __init__ names its parts lazily, importing none
-    {"learners", "data", "store"},
+    {"learners", "data", "store", "runtime"},
     {"knowledge", "backbones"},
     {"explain", "recognizer"},
-    {"evaluation", "compress"},
+    {"evaluation"},
     {"training", "server"},
     {"inspection", "detection", "federation"},
     {"cli", "__main__"},

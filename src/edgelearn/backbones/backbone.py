@@ -4,7 +4,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -12,35 +12,13 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
-from torchvision.transforms import v2 as T
 
 from edgelearn.backbones.padding import use_tf_same_padding
+from edgelearn.backbones.preprocessing import Preprocessing
 from edgelearn.backbones.registry import make_model, seeded, strip_head
-from edgelearn.backbones.weights import WeightsSource, load_into, resolve_weights
+from edgelearn.backbones.weights import Weights, load_into, resolve_weights
 from edgelearn.errors import EdgelearnError
-
-RUNTIMES = ("torch", "onnx")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Resize the short side to ``resize_size``, centre-crop ``input_size``, normalise (torchvision eval)."""
-
-    input_size: int = 224
-    resize_size: int = 256  # torchvision's 256/224 ratio, kept at other input sizes
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    def transform(self) -> T.Compose:
-        return T.Compose([
-            T.ToImage(),
-            T.Resize(self.resize_size, antialias=True),
-            T.CenterCrop(self.input_size),
-            T.ToDtype(torch.float32, scale=True),
-            T.Normalize(self.mean, self.std),
-        ])
+from edgelearn.runtime import Precision, Runtime
 
 
 class Backbone:
@@ -51,14 +29,14 @@ class Backbone:
     """
 
     def __init__(self, name: str, model: nn.Module, preprocessing: Preprocessing,
-                 weights: WeightsSource, padding: str):
+                 weights: Weights, padding: str):
         self.name = name
         # channels-last runs MobileNet-style depthwise convs ~1.5x faster on x86 CPUs (measured)
         self.model = fuse_batch_norms(model.eval().requires_grad_(False)).to(memory_format=torch.channels_last)
         self.preprocessing = preprocessing
         self.weights = weights
         self.padding = padding
-        self.runtime, self.precision = "torch", "fp32"
+        self.runtime, self.precision = Runtime.TORCH, "fp32"
         self.onnx_path: Path | None = None  # the model ONNX Runtime runs, after use_onnx()
         self._runner = None  # ONNX Runtime session for inference, when use_onnx() was called
         self._transform = preprocessing.transform()
@@ -82,20 +60,19 @@ class Backbone:
         ``int8`` calibrates activation ranges on ``calibration`` images). The model is exported once per
         fingerprint (and calibration set) into the cache folder and reused. fp32 features equal
         PyTorch's to ~1e-5; other precisions change the features, so they enter the fingerprint."""
-        from edgelearn.compress.onnx import OnnxRunner, export_onnx
-        from edgelearn.compress.quantize import PRECISIONS, quantize
         from edgelearn.data.cache import default_cache_dir
+        from edgelearn.runtime.onnx import OnnxRunner, export_onnx
+        from edgelearn.runtime.quantize import quantize
 
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        precision = Precision.parse(precision)
         folder = default_cache_dir() / "onnx"
         base = folder / f"{self.name}-{self.fingerprint_id}.onnx"
         batches, tag = None, precision
-        if precision == "int8":
+        if precision is Precision.INT8:
             batches = self._calibration_batches(calibration or [])
             digest = hashlib.sha256(b"".join(b.tobytes() for b in batches)).hexdigest()[:12]
             tag = f"int8-cal{digest}"
-        path = base if precision == "fp32" else folder / f"{self.name}-{self.fingerprint_id}-{tag}.onnx"
+        path = base if precision is Precision.FP32 else folder / f"{self.name}-{self.fingerprint_id}-{tag}.onnx"
 
         def make() -> None:
             if not base.is_file():
@@ -112,7 +89,7 @@ class Backbone:
             path.unlink(missing_ok=True)
             make()
             runner = OnnxRunner(path)
-        self._runner, self.runtime, self.precision, self.onnx_path = runner, "onnx", tag, path
+        self._runner, self.runtime, self.precision, self.onnx_path = runner, Runtime.ONNX, str(tag), path
         return self
 
     def _calibration_batches(self, images: Iterable[Image.Image], batch_size: int = 32) -> list[np.ndarray]:
@@ -156,7 +133,7 @@ class Backbone:
 
     def __repr__(self) -> str:
         return (f"Backbone({self.name!r}, weights={self.weights.ident[:24]!r}, input_size="
-                f"{self.preprocessing.input_size}, feature_dim={self.feature_dim}, runtime={self.runtime!r}, "
+                f"{self.preprocessing.input_size}, feature_dim={self.feature_dim}, runtime={str(self.runtime)!r}, "
                 f"precision={self.precision!r})")
 
 
@@ -176,22 +153,16 @@ def fuse_batch_norms(model: nn.Module) -> nn.Module:
 
 
 def build_classifier(name: str, *, weights: str | os.PathLike | None = None, input_size: int | None = None,
-                     seed: int = 0) -> tuple[nn.Module, Preprocessing, WeightsSource, str]:
+                     seed: int = 0) -> tuple[nn.Module, Preprocessing, Weights, str]:
     """The whole classifier, head included and trainable (what fine-tuning starts from), with its
     preprocessing, weights source and padding mode. :func:`build_backbone` freezes it and drops the head."""
     source = resolve_weights(name, weights, seed=seed)
     model = seeded(lambda: make_model(name), seed)
     load_into(model, source, name)
-    meta = source.meta
-    padding = meta.get("padding", "symmetric")
-    mean = tuple(meta.get("normalize_mean", IMAGENET_MEAN))
-    std = tuple(meta.get("normalize_std", IMAGENET_STD))
-    if padding == "tf_same":
-        use_tf_same_padding(model, mean=mean, std=std)
-    native = int(meta.get("input_size", 32 if name == "tiny" else 224))
-    size = int(input_size or native)
-    resize = round(size * meta.get("resize_size", 256) / meta.get("input_size", 224))
-    return model, Preprocessing(size, resize, mean, std), source, padding
+    preprocessing = source.preprocessing(input_size)
+    if source.padding == "tf_same":
+        use_tf_same_padding(model, mean=preprocessing.mean, std=preprocessing.std)
+    return model, preprocessing, source, source.padding
 
 
 def build_backbone(name: str = "mobilenet_v2", *, weights: str | os.PathLike | None = None,
@@ -204,9 +175,11 @@ def build_backbone(name: str = "mobilenet_v2", *, weights: str | os.PathLike | N
     name : a torchvision classification model name (``mobilenet_v2``, ``resnet18``, …) or a
         registered backbone (``tiny``: a small random CNN for tests).
     weights : a local state-dict file, ``"download"`` (torchvision's own, needs the network),
-        ``"random"`` (seeded random init, for tests), or ``None``: ``$EDGELEARN_WEIGHTS`` if set,
-        else ``"download"``. A sidecar ``<file>.json`` sets padding and preprocessing.
-    input_size : the square crop fed to the network (224 standard; Maschler et al. used 96).
+        ``"random"`` (seeded random init, for tests), or ``None``: ``$EDGELEARN_WEIGHTS`` if set, else
+        the shared ImageNet MobileNetV2 file when present, else ``"download"`` (see
+        :func:`~edgelearn.backbones.weights.default_weights`). A sidecar ``<file>.json`` sets padding
+        and preprocessing.
+    input_size : the square crop fed to the network (224 standard; the DICLA paper used 96).
     seed : seed of the random init (recorded in the fingerprint).
     runtime : ``"torch"`` or ``"onnx"`` (ONNX Runtime for inference; the same features, faster on CPUs).
     precision, calibration : ONNX Runtime only: see :meth:`Backbone.use_onnx`.
@@ -220,8 +193,7 @@ def build_backbone(name: str = "mobilenet_v2", *, weights: str | os.PathLike | N
     """
     model, preprocessing, source, padding = build_classifier(name, weights=weights, input_size=input_size, seed=seed)
     backbone = Backbone(name, strip_head(model), preprocessing, source, padding)
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-    if runtime == "torch" and precision != "fp32":
+    runtime = Runtime.parse(runtime)
+    if runtime is Runtime.TORCH and precision != Precision.FP32:
         raise ValueError(f"precision {precision!r} needs runtime='onnx'")
-    return backbone.use_onnx(precision, calibration) if runtime == "onnx" else backbone
+    return backbone.use_onnx(precision, calibration) if runtime is Runtime.ONNX else backbone

@@ -3,6 +3,9 @@
 A local weights file may have a sidecar ``<file>.json`` (see ``shared/models``) recording its
 architecture, padding mode, preprocessing and sha256; we honour all of it. Any local file is
 identified everywhere by its sha256, so two sites agree on features only if they hold the same bytes.
+
+:func:`default_weights` is the one default every command and the station use, so a package learned
+by one is accepted by the other.
 """
 
 import hashlib
@@ -14,21 +17,53 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgelearn.backbones.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from edgelearn.errors import WeightsError
 
 WEIGHTS_ENV = "EDGELEARN_WEIGHTS"
 RANDOM = "random"
 DOWNLOAD = "download"
+# ImageNet MobileNetV2 next to the checkout (see shared/models): the default where it is present
+SHARED_WEIGHTS = Path("../shared/models/mobilenet_v2_imagenet.pt")
+SHARED_ARCHITECTURE = "mobilenet_v2"
 
 
 @dataclass(frozen=True)
-class WeightsSource:
-    """Resolved weights: what to load and how to identify it in fingerprints."""
+class Weights:
+    """Resolved weights: what to load, how to identify it in fingerprints, and how to feed the network."""
 
     kind: str  # "file" | "download" | "random"
     ident: str  # sha256 of the file, torchvision weights name, or "random:seed=N"
-    path: Path | None = None
+    file: Path | None = None
     meta: dict = field(default_factory=dict)  # sidecar content (architecture, padding, preprocessing)
+    native_size: int = 224  # the input size the weights were trained at
+
+    @property
+    def sha256(self) -> str | None:
+        return self.ident if self.kind == "file" else None
+
+    @property
+    def padding(self) -> str:
+        return self.meta.get("padding", "symmetric")
+
+    def preprocessing(self, input_size: int | None = None) -> Preprocessing:
+        """The weights' preprocessing at ``input_size`` (default: theirs), the resize keeping their ratio."""
+        size = int(input_size or self.native_size)
+        resize = round(size * self.meta.get("resize_size", 256) / self.meta.get("input_size", 224))
+        return Preprocessing(size, resize, tuple(self.meta.get("normalize_mean", IMAGENET_MEAN)),
+                             tuple(self.meta.get("normalize_std", IMAGENET_STD)))
+
+
+def default_weights(weights: str | os.PathLike | None = None, name: str = SHARED_ARCHITECTURE) -> str:
+    """The weights to use for backbone ``name``: ``weights`` if given, else ``$EDGELEARN_WEIGHTS``, else the
+    shared ImageNet MobileNetV2 file when present (for ``mobilenet_v2``), else torchvision's download."""
+    if weights is not None:
+        return str(weights)
+    if os.environ.get(WEIGHTS_ENV):
+        return os.environ[WEIGHTS_ENV]
+    if name == SHARED_ARCHITECTURE and SHARED_WEIGHTS.is_file():
+        return str(SHARED_WEIGHTS.resolve())  # absolute: training and federation hand it to other processes
+    return DOWNLOAD
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -39,18 +74,14 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def resolve_weights(name: str, weights: str | os.PathLike | None, *, seed: int = 0) -> WeightsSource:
-    """Turn the user's ``weights`` choice into a :class:`WeightsSource`.
-
-    ``None`` means: the file named by ``$EDGELEARN_WEIGHTS`` if set, else torchvision's download.
-    """
-    if weights is None:
-        weights = os.environ.get(WEIGHTS_ENV) or DOWNLOAD
-    weights = str(weights)
+def resolve_weights(name: str, weights: str | os.PathLike | None, *, seed: int = 0) -> Weights:
+    """Turn the user's ``weights`` choice into :class:`Weights` (``None``: :func:`default_weights`)."""
+    weights = default_weights(weights, name)
+    native = 32 if name == "tiny" else 224
     if weights == RANDOM:
-        return WeightsSource("random", f"random:seed={seed}")
+        return Weights("random", f"random:seed={seed}", native_size=native)
     if weights == DOWNLOAD:
-        return WeightsSource("download", f"torchvision:{name}:DEFAULT")
+        return Weights("download", f"torchvision:{name}:DEFAULT", native_size=native)
     path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path} (give an existing state-dict file, "
@@ -63,7 +94,7 @@ def resolve_weights(name: str, weights: str | os.PathLike | None, *, seed: int =
     if meta.get("sha256") and meta["sha256"] != digest:
         raise WeightsError(f"weights file {path} has sha256 {digest[:12]}…, its sidecar says "
                            f"{meta['sha256'][:12]}…: the file is damaged or not the one described")
-    return WeightsSource("file", digest, path, meta)
+    return Weights("file", digest, path, meta, int(meta.get("input_size", native)))
 
 
 def _read_sidecar(path: Path) -> dict:
@@ -76,15 +107,15 @@ def _read_sidecar(path: Path) -> dict:
         raise WeightsError(f"weights sidecar {sidecar} is not valid JSON: {exc}") from exc
 
 
-def load_into(model: nn.Module, source: WeightsSource, name: str) -> None:
+def load_into(model: nn.Module, source: Weights, name: str) -> None:
     """Fill ``model`` (a torchvision classifier, head still on) with the weights of ``source``."""
     if source.kind == "random":
         return  # the builder already initialised it from the seed
     if source.kind == "file":
         try:
-            state = torch.load(source.path, map_location="cpu", weights_only=True)
+            state = torch.load(source.file, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a bad file
-            raise WeightsError(f"cannot read weights file {source.path}: {exc}") from exc
+            raise WeightsError(f"cannot read weights file {source.file}: {exc}") from exc
     else:
         state = _download(name)
     if isinstance(state, dict) and "state_dict" in state:

@@ -85,7 +85,7 @@ def compress(
 ):
     """Export a classifier, head included, to ONNX at a precision (or torch.export) and check it against PyTorch
     (top-1 agreement, largest logit difference, size, ms per image); `inspect OUTPUT` runs it."""
-    from edgelearn.compress.classifier import compress_classifier
+    from edgelearn.inspection.export import compress_classifier
 
     result = compress_classifier(model, output, precision=precision.value, calibration=calibration,
                                  calibration_per_class=calibration_per_class)

@@ -10,6 +10,7 @@ import typer
 from click.core import ParameterSource
 
 from edgelearn.backbones import WEIGHTS_ENV
+from edgelearn.backbones.weights import default_weights as weights_default
 from edgelearn.knowledge import SiteKey
 
 
@@ -111,12 +112,11 @@ InputSize = Annotated[int | None, typer.Option(help="Square input size (224 stan
                                                     "ImageNet-10).")]
 Model = Annotated[Path, typer.Argument(help="A saved model (.edge).")]
 
-DEMO_WEIGHTS = Path("../shared/models/mobilenet_v2_imagenet.pt")
 
 
-def default_weights(weights: str | None) -> str | None:
-    """The shared ImageNet MobileNetV2 file when nothing else is given and it is there (this checkout)."""
-    return str(DEMO_WEIGHTS) if weights is None and DEMO_WEIGHTS.is_file() else weights
+def default_weights(weights: str | None, backbone: str = "mobilenet_v2") -> str:
+    """The one default every command shares (:func:`edgelearn.backbones.weights.default_weights`)."""
+    return weights_default(weights, backbone)
 
 
 def site_key(path: Path | None) -> SiteKey | None:

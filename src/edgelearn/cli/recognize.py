@@ -208,7 +208,7 @@ def _variants_table(model: Path, dataset: Path, weights, as_json: bool) -> None:
     """Module A at every runtime and precision: top-1/top-5 of the model's learner kind on each variant's
     features, size, p50 latency at batch 1, throughput at batch 32 (as Rieder et al.'s figures 4-8)."""
     from edgelearn.backbones.weights import resolve_weights
-    from edgelearn.compress.variants import VARIANTS, compare_variants
+    from edgelearn.evaluation.variants import VARIANTS, compare_variants
 
     rec = Recognizer.load(model, with_backbone=False)
     fp = rec.info()["backbone"]

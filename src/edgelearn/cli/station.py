@@ -79,7 +79,7 @@ def serve(
         tls_cert, tls_key = self_signed(data, [host])
     if trust is not None:
         TrustStore.load(trust)  # a missing trust folder fails now, not at the first import
-    config = StationConfig(data, backbone, default_weights(weights), input_size, learner.replace("-", "_"),
+    config = StationConfig(data, backbone, default_weights(weights, backbone), input_size, learner.replace("-", "_"),
                            runtime.value, keep_images, representatives=representatives.value,
                            unknown_below=unknown_below, queue_below=queue_below, trust=trust,
                            allow_unsigned=allow_unsigned)

@@ -57,7 +57,7 @@ def train(
         refuse_together(f"--mode {mode}", "address", "rank", *(["workers"] if mode == Mode.single else []))
     result = run_train(dataset, output, mode=mode.value, workers=workers, threads=threads, address=address, rank=rank,
                        backbone=backbone,
-                       weights=default_weights(weights), strategy=strategy.value, epochs=epochs, lr=lr,
+                       weights=default_weights(weights, backbone), strategy=strategy.value, epochs=epochs, lr=lr,
                        batch_size=batch_size, input_size=input_size, trainable_blocks=blocks,
                        patch=patch and PatchGrid(patch, grid), start_from=start_from, max_norm=max_norm,
                        dropout=dropout, seed=seed, resume=resume, progress=err.is_terminal,

@@ -20,12 +20,14 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes
 
-from edgelearn.compress.onnx import OnnxRunner, export_onnx
+from edgelearn.backbones.preprocessing import unit_square
 from edgelearn.data.frames import VIDEO_SUFFIXES, read_frames
 from edgelearn.data.images import IMAGE_SUFFIXES, load_image
 from edgelearn.detection.models import Detector, _trunk, load_detector
 from edgelearn.errors import EdgelearnError, ModelFileError
 from edgelearn.files import atomic_write_bytes
+from edgelearn.runtime import Runtime, load_runner
+from edgelearn.runtime.onnx import export_onnx
 
 META_KEY = "edgelearn-detector"
 
@@ -46,16 +48,15 @@ class DetectorRunner:
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         path = Path(path)
-        self.runtime = "torch"
+        self.runtime, self.runner = Runtime.TORCH, None
         if not path.is_file():
             raise ModelFileError(f"{path}: no such detector file")
         if path.suffix == ".onnx":
-            self.runner = OnnxRunner(path, threads)
+            self.runner, self.runtime = load_runner(path, threads), Runtime.ONNX
             manifest = onnx_manifest(path)
             meta = {k: manifest[k] for k in ("padding", "mean", "std") if k in manifest}
             # decoding needs only anchors and box coder: a detector skeleton with an untrained trunk
             self.detector = Detector(manifest["arch"], manifest["classes"], manifest["size"], _trunk(meta)[0], meta)
-            self.runtime = "onnx"
         else:
             self.detector = load_detector(path)
         self.detector.eval()
@@ -64,7 +65,7 @@ class DetectorRunner:
     def of(cls, detector: Detector) -> "DetectorRunner":
         """A runner of a detector in memory (PyTorch)."""
         runner = cls.__new__(cls)
-        runner.detector, runner.runtime = detector.eval(), "torch"
+        runner.detector, runner.runtime, runner.runner = detector.eval(), Runtime.TORCH, None
         return runner
 
     @property
@@ -77,15 +78,14 @@ class DetectorRunner:
 
     def raw(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (N, 3, size, size) in [0, 1] -> raw class scores and box offsets."""
-        if self.runtime == "onnx":
-            cls, box = self.runner.session.run(None, {self.runner.input: np.ascontiguousarray(batch.numpy())})
-            return torch.from_numpy(cls), torch.from_numpy(box)
+        if self.runner is not None:
+            return self.runner.run(batch)
         with torch.no_grad():
             return self.detector(batch)
 
     def prepare(self, pictures: list[Image.Image]) -> torch.Tensor:
-        return torch.stack([F.to_dtype(F.resize(F.pil_to_tensor(p.convert("RGB")), [self.size, self.size],
-                                                antialias=True), torch.float32, scale=True) for p in pictures])
+        to_input = unit_square(self.size)
+        return torch.stack([to_input(p.convert("RGB")) for p in pictures])
 
     def detect(self, pictures: list[Image.Image], threshold: float = 0.5) -> list[list[Found]]:
         """The objects in each picture scoring at least ``threshold``, boxes in the picture's pixels."""

@@ -29,7 +29,7 @@ from torchvision.ops import boxes as box_ops
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
 from torchvision.ops.misc import Conv2dNormActivation
 
-from edgelearn.backbones import build_classifier
+from edgelearn.backbones import build_classifier, default_weights
 from edgelearn.backbones.padding import use_tf_same_padding
 from edgelearn.errors import EdgelearnError, IncompatibleError, ModelFileError
 from edgelearn.files import atomic_write_bytes, container_bytes, read_container
@@ -232,18 +232,15 @@ def _trunk(meta: dict, weights=None, seed: int = 0) -> Trunk:
 def build_detector(classes: list[str], *, arch: str = "ssdlite", size: int = 320,
                    weights: str | os.PathLike | None = None, seed: int = 0) -> Detector:
     """A new detector: the pretrained MobileNetV2 trunk (``weights`` as for backbones: a file,
-    ``"download"``, ``"random"`` or ``$EDGELEARN_WEIGHTS``) and freshly initialised neck and head."""
+    ``"download"``, ``"random"`` or by default :func:`~edgelearn.backbones.default_weights`) and freshly
+    initialised neck and head."""
     if size < 64:
         raise EdgelearnError(f"input size {size} is too small for a detector (at least 64)")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        trunk, pre, source, padding = _trunk({}, weights if weights is not None else _env_weights(), seed)
+        trunk, pre, source, padding = _trunk({}, default_weights(weights, BACKBONE), seed)
         meta = {"weights": source.ident, "padding": padding, "mean": list(pre.mean), "std": list(pre.std)}
         return Detector(arch, classes, size, trunk, meta)
-
-
-def _env_weights():
-    return os.environ.get("EDGELEARN_WEIGHTS") or "download"
 
 
 def load_detector(path: str | os.PathLike) -> Detector:

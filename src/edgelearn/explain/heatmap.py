@@ -65,13 +65,7 @@ class HeatMapper:
 
     def crop(self, image: Image.Image) -> Image.Image:
         """The part of ``image`` the backbone sees (resize + centre crop), as RGB."""
-        p = self.backbone.preprocessing
-        w, h = image.size
-        scale = p.resize_size / min(w, h)
-        image = image.resize((max(round(w * scale), p.input_size), max(round(h * scale), p.input_size)),
-                             Image.BILINEAR)
-        left, top = (image.width - p.input_size) // 2, (image.height - p.input_size) // 2
-        return image.crop((left, top, left + p.input_size, top + p.input_size))
+        return self.backbone.preprocessing.crop(image)
 
 
 def overlay(image: Image.Image, heat: np.ndarray, alpha: float = 0.45) -> Image.Image:

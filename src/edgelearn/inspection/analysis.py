@@ -24,7 +24,6 @@ from edgelearn.errors import DatasetError, IncompatibleError, WeightsError
 from edgelearn.files import atomic_write_figure
 from edgelearn.inspection.inspector import STUDENT, InspectionModel, load_model
 from edgelearn.inspection.student import Student, StudentConfig
-from edgelearn.training.finetune import patch_transform
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6)
 
@@ -151,7 +150,7 @@ def analyse_model(path, dataset: FolderDataset, *, initial_weights=None, k: int 
     model = load_model(path)
     net = model.model
     centre = PatchGrid(model.grid.size, 1)
-    transform = patch_transform(model.preprocessing)
+    transform = model.preprocessing.patch_transform()
     patches = [transform(centre.crops(load_image(p))[0]) for p in dataset.paths]
     batches = [torch.stack(patches[i:i + batch_size]) for i in range(0, len(patches), batch_size)]
     conv_of, last = {}, None

@@ -19,10 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from torchvision.transforms import v2 as T
 
-from edgelearn.backbones import Preprocessing
-from edgelearn.backbones.backbone import IMAGENET_MEAN, IMAGENET_STD
+from edgelearn.backbones.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from edgelearn.data import FolderDataset
 from edgelearn.data.images import load_image
 from edgelearn.data.patches import PatchGrid, augment
@@ -40,7 +38,7 @@ class Patches(Dataset):
 
     def __init__(self, pixels: torch.Tensor, targets: list[int], logits: torch.Tensor | None, prep: Preprocessing):
         self.pixels, self.targets, self.logits = pixels, targets, logits
-        self.scale = T.Compose([T.ToDtype(torch.float32, scale=True), T.Normalize(prep.mean, prep.std)])
+        self.scale = prep.normalise()
 
     def __len__(self) -> int:
         return len(self.pixels)
@@ -54,7 +52,7 @@ class Patches(Dataset):
 def cut_patches(paths, targets, grid: PatchGrid, specs, prep: Preprocessing, mentor: Inspector | None = None,
                 augmented: bool = False, batch_size: int = 64) -> Patches:
     """``specs[k] = (image index, box, augmentation draw)``, grouped by image (each is read once)."""
-    to_pixels = T.Compose([T.ToImage(), T.Resize((prep.input_size, prep.input_size), antialias=True)])
+    to_pixels = prep.pixels()
     pixels, logits, pending, current = [], [], [], (None, None)
     for i, box, draw in specs:
         if current[0] != i:

@@ -10,6 +10,7 @@ import json
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,14 +22,12 @@ from torch import nn
 from edgelearn.backbones import Preprocessing, build_classifier
 from edgelearn.backbones.backbone import fuse_batch_norms
 from edgelearn.backbones.weights import sha256_file
-from edgelearn.compress.litert import LiteRunner
-from edgelearn.compress.onnx import OnnxRunner
 from edgelearn.data import FolderDataset
 from edgelearn.data.images import load_image
 from edgelearn.data.patches import PatchGrid
 from edgelearn.errors import ModelFileError
 from edgelearn.inspection.student import Student, StudentConfig, count_parameters
-from edgelearn.training.finetune import patch_transform
+from edgelearn.runtime import EXPORT_SUFFIXES, load_runner
 
 OK_NAMES = {"ok", "good", "normal", "defect-free", "defect_free", "defectfree", "non-defective", "no-defect",
             "no_defect"}
@@ -52,7 +51,7 @@ class Inspection:
 class InspectionModel:
     """A trained patch classifier (fine-tuned teacher or distilled student) and how to feed it."""
 
-    model: nn.Module | OnnxRunner
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor]  # a PyTorch model or an export's runner
     classes: list[str]
     preprocessing: Preprocessing
     grid: PatchGrid
@@ -68,7 +67,7 @@ class InspectionModel:
 
 def load_model(path: str | Path, *, grid: PatchGrid | None = None) -> InspectionModel:
     """Load a classifier written by ``edgelearn train``, ``edgelearn distill`` (state dict + JSON
-    sidecar) or ``edgelearn compress`` (ONNX + sidecar). ``grid`` overrides the patch geometry
+    sidecar) or ``edgelearn compress`` (an export + sidecar). ``grid`` overrides the patch geometry
     recorded at training; a classifier trained on whole images sees the centre crop."""
     path = Path(path)
     sidecar = path.with_suffix(".json")
@@ -82,14 +81,12 @@ def load_model(path: str | Path, *, grid: PatchGrid | None = None) -> Inspection
     if "categories" not in meta:
         raise ModelFileError(f"{path} has no class names in its sidecar: it is a feature extractor, not a classifier")
     arch = meta.get("architecture", "")
-    if path.suffix in EXPORTS:
-        model = EXPORTS[path.suffix](path)
-        prep = Preprocessing(meta["input_size"], meta.get("resize_size", meta["input_size"]),
-                             tuple(meta["normalize_mean"]), tuple(meta["normalize_std"]))
+    if path.suffix in EXPORT_SUFFIXES:
+        model = load_runner(path)
+        prep = Preprocessing.from_sidecar(meta)
     elif arch == STUDENT:
         model = _load_student(path, meta)
-        prep = Preprocessing(meta["input_size"], meta["input_size"], tuple(meta["normalize_mean"]),
-                             tuple(meta["normalize_std"]))
+        prep = Preprocessing.from_sidecar(meta)
     elif arch.startswith("torchvision.models."):
         model, prep, _, _ = build_classifier(arch.rsplit(".", 1)[-1], weights=path)
     else:
@@ -97,19 +94,9 @@ def load_model(path: str | Path, *, grid: PatchGrid | None = None) -> Inspection
     if grid is None:
         patch = meta.get("patch") or {"size": prep.input_size, "grid": 1}
         grid = PatchGrid(patch["size"], patch["grid"])
-    if isinstance(model, nn.Module) and path.suffix not in EXPORTS:  # an exported program has no train mode
+    if isinstance(model, nn.Module):
         model = model.eval().requires_grad_(False)
     return InspectionModel(model, list(meta["categories"]), prep, grid, meta, path)
-
-
-def _load_program(path: Path) -> nn.Module:
-    try:
-        return torch.export.load(path).module()
-    except Exception as exc:  # torch raises many kinds for a bad file
-        raise ModelFileError(f"cannot load the exported program {path}: {str(exc).splitlines()[0]}") from exc
-
-
-EXPORTS = {".onnx": OnnxRunner, ".pt2": _load_program, ".tflite": LiteRunner}
 
 
 def _load_student(path: Path, meta: dict) -> Student:
@@ -132,8 +119,8 @@ class Inspector:
         self.parameters = model.parameters  # as trained (fusing drops the batch norms' few)
         # inference only: folded batch norms and channels-last run faster and compute the same function
         self.net = fuse_batch_norms(model.model).to(memory_format=torch.channels_last) \
-            if isinstance(model.model, nn.Module) and "export" not in model.meta else model.model
-        self.transform = patch_transform(model.preprocessing)
+            if isinstance(model.model, nn.Module) else model.model
+        self.transform = model.preprocessing.patch_transform()
         self.defect_free = {i for i, c in enumerate(model.classes) if is_defect_free(c)}
 
     @classmethod

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2 as T
 
 from edgelearn.backbones import build_classifier
 from edgelearn.data import FolderDataset
@@ -126,15 +125,12 @@ def prepare(dataset: str | os.PathLike, output: str | os.PathLike, *, backbone: 
     def scored(paths, targets):  # validation and test: the whole image, or with patches every grid patch
         if patch is None:
             return Images(paths, targets, prep.transform())
-        return GridPatches(paths, targets, patch, patch_transform(prep))
+        return GridPatches(paths, targets, patch, prep.patch_transform())
 
     if patch is None:
-        train_tf = T.Compose([T.ToImage(), T.RandomResizedCrop(prep.input_size, scale=(0.6, 1.0), antialias=True),
-                              T.RandomHorizontalFlip(), T.ToDtype(torch.float32, scale=True),
-                              T.Normalize(prep.mean, prep.std)])
-        train_set = Images(train_paths, train_y, train_tf)
+        train_set = Images(train_paths, train_y, prep.train_transform())
     else:  # Kim, Noh and Park: one patch per image, without other augmentation
-        train_set = RandomPatches(train_paths, train_y, patch, patch_transform(prep))
+        train_set = RandomPatches(train_paths, train_y, patch, prep.patch_transform())
     val_set = scored(val_paths, val_y)
     known = [] if test is None else [i for i, label in enumerate(test.labels) if label in target]
     test_set = scored([test.paths[i] for i in known], [target[test.labels[i]] for i in known]) if known else None
@@ -230,12 +226,6 @@ class Images(Dataset):
 
     def __getitem__(self, i):
         return self.transform(load_image(self.paths[i])), self.targets[i]
-
-
-def patch_transform(prep) -> T.Compose:
-    """A patch to a normalised tensor at the network's input size (resized only if that differs)."""
-    return T.Compose([T.ToImage(), T.Resize((prep.input_size, prep.input_size), antialias=True),
-                      T.ToDtype(torch.float32, scale=True), T.Normalize(prep.mean, prep.std)])
 
 
 def _save_model(output: Path, model, config, source, padding, prep, metrics) -> None:

@@ -49,14 +49,17 @@ class LiteRunner:
         except Exception as exc:
             raise EdgelearnError(f"{path}: not a model LiteRT can run ({exc})") from exc
         self.input = self.interpreter.get_input_details()[0]["index"]
-        self.output = self.interpreter.get_output_details()[0]["index"]
         self.interpreter.allocate_tensors()
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def run(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = np.ascontiguousarray(batch.detach().numpy(), dtype=np.float32)
         if tuple(self.interpreter.get_input_details()[0]["shape"]) != x.shape:
             self.interpreter.resize_tensor_input(self.input, x.shape)
             self.interpreter.allocate_tensors()
         self.interpreter.set_tensor(self.input, x)
         self.interpreter.invoke()
-        return torch.from_numpy(self.interpreter.get_tensor(self.output).reshape(len(x), -1).copy())
+        return tuple(torch.from_numpy(self.interpreter.get_tensor(d["index"]).copy())
+                     for d in self.interpreter.get_output_details())
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.run(batch)[0].reshape(len(batch), -1)

@@ -1,7 +1,6 @@
 """Export a trained classifier, head included (a fine-tuned teacher or a distilled student), to
-ONNX at a chosen precision, to a ``torch.export`` program (``.pt2``, fp32: TorchScript's
-maintained successor; ``torch.jit`` is deprecated in this torch) or to LiteRT (``.tflite``, fp32,
-optional extra), and check it against PyTorch on real images.
+ONNX at a chosen precision, to a ``torch.export`` program (``.pt2``, fp32) or to LiteRT
+(``.tflite``, fp32, optional extra), and check it against PyTorch on real images.
 
 The export gets a sidecar ``OUT.json`` (the source's, plus the precision and the source's sha256),
 so ``edgelearn inspect OUT.onnx|OUT.pt2|OUT.tflite ...`` runs it by the same patch protocol.
@@ -9,20 +8,17 @@ so ``edgelearn inspect OUT.onnx|OUT.pt2|OUT.tflite ...`` runs it by the same pat
 
 import json
 import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from edgelearn.backbones.backbone import fuse_batch_norms
-from edgelearn.compress.litert import export_litert
-from edgelearn.compress.onnx import export_onnx
-from edgelearn.compress.quantize import PRECISIONS, quantize
 from edgelearn.data import FolderDataset
 from edgelearn.data.images import load_image
 from edgelearn.errors import ParameterError
 from edgelearn.files import atomic_write_bytes
+from edgelearn.inspection.inspector import Inspector, load_model
+from edgelearn.runtime import Precision, export_model
 
 
 def compress_classifier(model: str | os.PathLike, output: str | os.PathLike, *, precision: str = "int8",
@@ -31,10 +27,7 @@ def compress_classifier(model: str | os.PathLike, output: str | os.PathLike, *, 
     """Write ``model`` as ONNX at ``precision``; ``calibration`` (a folder data set, its train split)
     supplies the int8 activation ranges and the images (test split) on which the result is compared
     with PyTorch: top-1 agreement and the largest logit difference over their patches."""
-    from edgelearn.inspection import Inspector, load_model
-
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    precision = Precision.parse(precision)
     if calibration is None:
         raise ParameterError("give --calibration DATASET: images to calibrate int8 ranges and to check the export on")
     source = load_model(model)
@@ -42,20 +35,8 @@ def compress_classifier(model: str | os.PathLike, output: str | os.PathLike, *, 
     train, test = FolderDataset.splits(calibration)
     calib = train.sample_per_class(calibration_per_class, seed)
     patches = _patch_batches(reference, [load_image(p) for p in calib.paths])
-    output = Path(output)
-    if output.suffix not in (".onnx", ".pt2", ".tflite"):
-        raise ParameterError(f"{output}: name the export .onnx (ONNX Runtime), .pt2 (torch.export) or .tflite (LiteRT)")
-    net, side = fuse_batch_norms(source.model), source.preprocessing.input_size
-    if output.suffix != ".onnx" and precision != "fp32":
-        raise ParameterError(f"a {output.suffix} export is fp32; lower precisions go through ONNX Runtime (.onnx)")
-    if output.suffix == ".pt2":
-        export_program(net, side, output)
-    elif output.suffix == ".tflite":
-        export_litert(net, side, output, batch=source.grid.grid ** 2)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            fp32 = export_onnx(net, side, Path(tmp) / "fp32.onnx")
-            quantize(fp32, output, precision, calibration=patches if precision == "int8" else None)
+    output = export_model(fuse_batch_norms(source.model), source.preprocessing.input_size, output, precision,
+                          calibration=patches, batch=source.grid.grid ** 2)
     meta = {**source.meta, "file": output.name, "export": {"precision": precision, "parameters": reference.parameters,
                                                            "source_sha256": source.meta.get("sha256")}}
     atomic_write_bytes(output.with_suffix(".json"), json.dumps(meta, indent=1).encode())
@@ -67,17 +48,6 @@ def compress_classifier(model: str | os.PathLike, output: str | os.PathLike, *, 
             "top1_agreement": float((ours.argmax(-1) == theirs.argmax(-1)).float().mean()),
             "max_abs_logit_difference": float((ours - theirs).abs().max()), "checked_images": len(images),
             "ms_per_image": exported.ms_per_image(), "torch_ms_per_image": reference.ms_per_image()}
-
-
-def export_program(model: torch.nn.Module, input_size: int, path: Path) -> Path:
-    """``torch.export`` the model (dynamic batch) and save the program, atomically."""
-    example = torch.zeros(2, 3, input_size, input_size)
-    program = torch.export.export(model.to(memory_format=torch.contiguous_format), (example,),
-                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.export.save(program, Path(tmp) / "m.pt2")
-        atomic_write_bytes(path, (Path(tmp) / "m.pt2").read_bytes())
-    return path
 
 
 def _patch_batches(inspector, images, batch_size: int = 32) -> list[np.ndarray]:

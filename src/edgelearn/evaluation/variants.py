@@ -11,11 +11,12 @@ from edgelearn.backbones import build_backbone
 from edgelearn.data import FolderDataset
 from edgelearn.data.images import load_image
 from edgelearn.errors import DatasetError
-from edgelearn.evaluation import evaluate_features
+from edgelearn.evaluation.stream import evaluate_features
 from edgelearn.learners import make_learner
 from edgelearn.recognizer import Recognizer
+from edgelearn.runtime import Precision, Runtime
 
-VARIANTS = (("torch", "fp32"), ("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8-dynamic"), ("onnx", "int8"))
+VARIANTS = ((Runtime.TORCH, Precision.FP32), *((Runtime.ONNX, p) for p in Precision))
 
 
 def compare_variants(dataset: str | os.PathLike, *, weights=None, input_size: int | None = None,
@@ -33,7 +34,7 @@ def compare_variants(dataset: str | os.PathLike, *, weights=None, input_size: in
     rows = []
     for runtime, precision in variants:
         bb = build_backbone(backbone, weights=weights, input_size=input_size, runtime=runtime, precision=precision,
-                            calibration=calibration if precision == "int8" else None)
+                            calibration=calibration if precision == Precision.INT8 else None)
         rec = Recognizer(bb, make_learner(learner))
         rec.learn_features(rec.embed_files(train.paths), train.labels)
         result = evaluate_features(rec, rec.embed_files(test.paths), test.labels)

@@ -16,8 +16,7 @@ import numpy as np
 
 from edgelearn.errors import EdgelearnError
 from edgelearn.files import atomic_write_bytes
-
-PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8")
+from edgelearn.runtime import Precision
 
 
 def quantize(source: str | os.PathLike, target: str | os.PathLike, precision: str,
@@ -26,15 +25,14 @@ def quantize(source: str | os.PathLike, target: str | os.PathLike, precision: st
 
     ``calibration``: ``(n, 3, s, s)`` float32 batches of preprocessed images (``int8`` only).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    precision = Precision.parse(precision)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.onnx"
-        if precision == "fp32":
+        if precision is Precision.FP32:
             out.write_bytes(Path(source).read_bytes())
-        elif precision == "fp16":
+        elif precision is Precision.FP16:
             _fp16(source, out)
-        elif precision == "int8-dynamic":
+        elif precision is Precision.INT8_DYNAMIC:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8, per_channel=True)

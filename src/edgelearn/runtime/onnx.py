@@ -43,7 +43,7 @@ def _forward_args(model: nn.Module) -> list[str]:
 
 
 class OnnxRunner:
-    """Runs an exported backbone: ``(n, 3, s, s)`` tensor -> ``(n, d)`` tensor, no autograd."""
+    """Runs an exported model: ``(n, 3, s, s)`` tensor -> ``(n, d)`` tensor (:meth:`run`: every output), no autograd."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         import onnxruntime as ort
@@ -59,6 +59,10 @@ class OnnxRunner:
             raise EdgelearnError(f"{path}: not a model ONNX Runtime can run ({exc})") from exc
         self.input = self.session.get_inputs()[0].name
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def run(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """All of the model's outputs (a detector has two: class scores and box offsets)."""
         x = np.ascontiguousarray(batch.detach().numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run(None, {self.input: x})[0].reshape(len(x), -1))
+        return tuple(torch.from_numpy(out) for out in self.session.run(None, {self.input: x}))
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.run(batch)[0].reshape(len(batch), -1)
