@@ -21,6 +21,7 @@ from PIL import Image
 from threadpoolctl import ThreadpoolController
 
 from edgelearn.backbones import build_backbone
+from edgelearn.data.images import to_rgb
 from edgelearn.errors import EdgelearnError, ImageError, SignatureError
 from edgelearn.explain import HeatMapper, expected_calibration_error, get_similarity, nearest, overlay, png_bytes
 from edgelearn.explain.calibration import OnlineTemperature
@@ -235,7 +236,9 @@ class Station:
         pairs = iter(pairs)
         while part := list(itertools.islice(pairs, chunk)):
             labels += [check_label(label) for _, label in part]
-            features.append(self.rec.embed((image for image, _ in part), batch_size=chunk))
+            # through the batcher: teaching shares forward passes with predictions, never runs beside them
+            tensors = [self.rec.backbone.transform(to_rgb(image)) for image, _ in part]
+            features.append(self._batcher.submit_many(tensors))
             thumbnails += [thumbnail_bytes(image) for image, _ in part] if self.config.keep_images else []
         width = self.rec.backbone.feature_dim
         return (np.concatenate(features) if features else np.zeros((0, width), np.float32), labels,
