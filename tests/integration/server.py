@@ -22,19 +22,22 @@ def free_port() -> int:
 class Server:
     """``edgelearn serve`` with the tiny random backbone (or ``args``), started and waited for."""
 
-    def __init__(self, data: Path, *args: str, log: Path | None = None, env: dict | None = None):
-        self.data, self.port = data, free_port()
+    def __init__(self, data: Path, *args: str, log: Path | None = None, env: dict | None = None,
+                 token: str | None = TOKEN):
+        """``token=None``: none on the command line (the station's file or ``$EDGELEARN_TOKEN``)."""
+        self.data, self.port, self.token = data, free_port(), token or (env or {}).get("EDGELEARN_TOKEN")
         host = args[args.index("--host") + 1] if "--host" in args else "127.0.0.1"
-        self.url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{self.port}"
+        scheme = "https" if "--tls" in args else "http"
+        self.url = f"{scheme}://{'127.0.0.1' if host == '0.0.0.0' else host}:{self.port}"
         self.log = log or data.parent / f"serve-{self.port}.log"
         defaults = ["--backbone", "tiny", "--weights", "random", "--input-size", "32"] if "--backbone" not in args \
             else []
         cmd = [sys.executable, "-m", "edgelearn", "serve", "--data", str(data), "--port", str(self.port),
-               "--token", TOKEN, *defaults, *args]
+               *(["--token", token] if token else []), *defaults, *args]
         self.log_file = open(self.log, "ab")  # noqa: SIM115 (closed in stop)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT, env=env)
-        self.client = httpx.Client(base_url=self.url, timeout=60)
+        self.client = httpx.Client(base_url=self.url, timeout=60, verify=False)  # --tls: self-signed
         self._wait()
 
     def _wait(self, timeout: float = 120) -> None:
@@ -50,7 +53,7 @@ class Server:
         raise RuntimeError(f"server did not start in {timeout} s:\n{self.log.read_text()}")
 
     def auth(self, user: str | None = None) -> dict:
-        headers = {"Authorization": f"Bearer {TOKEN}"}
+        headers = {"Authorization": f"Bearer {self.token}"}
         if user:
             headers["X-User"] = user
         return headers
