@@ -77,7 +77,7 @@ def compress(
                                                                 "OUT.tflite (LiteRT); + .json sidecar.")]
     = Path("model.onnx"),
     precision: Annotated[Precision, typer.Option(help="fp32, fp16, int8-dynamic or int8 (static, calibrated).")]
-    = Precision.int8,
+    = Precision.INT8,
     calibration: Annotated[Path | None, typer.Option(help="Folder data set: its train/ split calibrates int8, "
                                                           "its test/ split checks the export.")] = None,
     calibration_per_class: Annotated[int, typer.Option(min=1, help="Calibration images per class.")] = 10,

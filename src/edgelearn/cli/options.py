@@ -12,6 +12,8 @@ from click.core import ParameterSource
 from edgelearn.backbones import WEIGHTS_ENV
 from edgelearn.backbones.weights import default_weights as weights_default
 from edgelearn.knowledge import SiteKey
+from edgelearn.runtime import Precision as Precision  # the library's own choices
+from edgelearn.runtime import Runtime as Runtime
 
 
 class Learner(StrEnum):
@@ -19,12 +21,6 @@ class Learner(StrEnum):
     fuzzy_artmap = "fuzzy-artmap"
     slda = "slda"
     ncm = "ncm"
-
-
-class Runtime(StrEnum):
-    """Where module A runs: PyTorch, or ONNX Runtime (same features, faster on CPUs)."""
-    torch = "torch"
-    onnx = "onnx"
 
 
 class Consolidation(StrEnum):
@@ -64,14 +60,6 @@ class Arch(StrEnum):
     """Detector head: MobileNet SSDlite, or RetinaNet (focal loss)."""
     ssdlite = "ssdlite"
     retinanet = "retinanet"
-
-
-class Precision(StrEnum):
-    """An export's arithmetic: float32, float16, int8 weights, or int8 calibrated on images."""
-    fp32 = "fp32"
-    fp16 = "fp16"
-    int8_dynamic = "int8-dynamic"
-    int8 = "int8"
 
 
 class Dedupe(StrEnum):

@@ -47,7 +47,7 @@ def learn(
     backbone: Backbone = "mobilenet_v2",
     weights: Weights = None,
     input_size: InputSize = None,
-    runtime: RuntimeOption = Runtime.torch,
+    runtime: RuntimeOption = Runtime.TORCH,
     no_cache: NoCache = False,
     key: Key = None,
     as_json: Json = False,
@@ -66,7 +66,7 @@ def predict(
     top_k: Annotated[int, typer.Option(min=1, help="How many classes to show per image.")] = 5,
     level: Annotated[int | None, typer.Option(min=1, help="Roll labels up to this concept level.")] = None,
     weights: Weights = None,
-    runtime: RuntimeOption = Runtime.torch,
+    runtime: RuntimeOption = Runtime.TORCH,
     as_json: Json = False,
 ):
     """Classify images: label, confidence and the next-best classes."""
@@ -88,7 +88,7 @@ def evaluate(
         "--variants", help="Instead: one table over every runtime and precision of the model's backbone "
                            "(its learner relearned on train/); takes no --level, --runtime, --no-cache.")] = False,
     weights: Weights = None,
-    runtime: RuntimeOption = Runtime.torch,
+    runtime: RuntimeOption = Runtime.TORCH,
     no_cache: NoCache = False,
     as_json: Json = False,
 ):

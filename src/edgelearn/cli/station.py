@@ -27,7 +27,7 @@ def serve(
     input_size: InputSize = None,
     learner: Annotated[Learner, typer.Option(help="Module B's incremental learner (first start).")] = Learner.slda,
     runtime: Annotated[Runtime, typer.Option(help="onnx (ONNX Runtime: same features, about 2x faster) or torch.")]
-    = Runtime.onnx,
+    = Runtime.ONNX,
     keep_images: Annotated[bool, typer.Option(help="Keep thumbnails of taught images (representatives) and "
                                               "of feedback and queued frames.")] = False,
     representatives: Annotated[Similarity, typer.Option(help="How representatives are matched.")]
