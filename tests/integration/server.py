@@ -52,6 +52,15 @@ class Server:
                 time.sleep(0.2)
         raise RuntimeError(f"server did not start in {timeout} s:\n{self.log.read_text()}")
 
+    def teach(self, *labels: str, n: int = 3) -> None:
+        """Teach each colour in ``labels`` from ``n`` generated images (tests' colour classes)."""
+        from tests.unit.test_station import png
+
+        for name in labels:
+            r = self.client.post("/api/learn", headers=self.auth(), data={"label": name},
+                                 files=[("files", (f"{name}{i}.png", png(name, i), "image/png")) for i in range(n)])
+            assert r.status_code == 200, r.text
+
     def auth(self, user: str | None = None) -> dict:
         headers = {"Authorization": f"Bearer {self.token}"}
         if user:

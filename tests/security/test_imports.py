@@ -29,10 +29,7 @@ def trusted(tmp_path_factory):
 @pytest.fixture(scope="module")
 def station(tmp_path_factory, trusted):
     s = Server(tmp_path_factory.mktemp("station") / "data", "--trust", str(trusted[0]))
-    for name in ("red", "blue"):
-        r = s.client.post("/api/learn", headers=s.auth(), data={"label": name},
-                          files=[("files", (f"{name}{i}.png", png(name, i), "image/png")) for i in range(3)])
-        assert r.status_code == 200, r.text
+    s.teach("red", "blue")
     yield s
     s.stop()
 

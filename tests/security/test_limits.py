@@ -2,7 +2,6 @@
 bad labels. Each is refused at once with a clear 4xx, and the server's memory stays bounded."""
 
 import io
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.integration.server import Server
+from tests.unit.test_limits import zipped
 from tests.unit.test_station import colour_image, png
 
 GROWTH_BYTES = 300 * 2**20  # at most this over the idle station; before these limits one request cost +1 GB
@@ -18,14 +18,6 @@ GROWTH_BYTES = 300 * 2**20  # at most this over the idle station; before these l
 def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
     image.save(buf, fmt)
-    return buf.getvalue()
-
-
-def zipped(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, data in members.items():
-            z.writestr(name, data)
     return buf.getvalue()
 
 

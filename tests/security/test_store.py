@@ -15,10 +15,7 @@ from tests.unit.test_station import png
 def server(tmp_path_factory):
     """A station that queues every prediction (so there are items to label) and knows red and blue."""
     s = Server(tmp_path_factory.mktemp("station") / "data", "--queue-below", "1.01")
-    for name in ("red", "blue"):
-        r = s.client.post("/api/learn", headers=s.auth(), data={"label": name},
-                          files=[("files", (f"{name}{i}.png", png(name, i), "image/png")) for i in range(3)])
-        assert r.status_code == 200, r.text
+    s.teach("red", "blue")
     yield s
     s.stop()
 
