@@ -21,8 +21,8 @@ class IdempotencyKeys:
     ``Authorization`` header (kept as a hash), so a key never stands in for the token.
     """
 
-    def __init__(self, app, store: Store):
-        self.app, self.store = app, store
+    def __init__(self, app, store: Store | None = None):
+        self.app, self.store = app, store  # None: the app's station's store, which a lifespan may build later
         self.running: set[tuple[str, str, str]] = set()
 
     async def __call__(self, scope, receive, send):
@@ -35,7 +35,7 @@ class IdempotencyKeys:
             return await JSONResponse({"detail": f"an Idempotency-Key has 1 to {MAX_KEY_CHARS} characters"},
                                       400)(scope, receive, send)
         request = (key, scope["path"], hashlib.sha256(headers.get(b"authorization", b"")).hexdigest())
-        answer = await run_in_threadpool(self.store.answer, *request)
+        answer = await run_in_threadpool(self._store(scope).answer, *request)
         if answer is not None:
             status, body = answer
             response = Response(body, status, media_type="application/json", headers={"Idempotent-Replayed": "true"})
@@ -60,6 +60,9 @@ class IdempotencyKeys:
         status = next((m["status"] for m in messages if m["type"] == "http.response.start"), 500)
         if 200 <= status < 300:
             body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
-            await run_in_threadpool(self.store.remember_answer, *request, status, body.decode())
+            await run_in_threadpool(self._store(scope).remember_answer, *request, status, body.decode())
         for message in messages:
             await send(message)
+
+    def _store(self, scope) -> Store:
+        return self.store if self.store is not None else scope["app"].state.station.store

@@ -1,0 +1,151 @@
+"""The shapes of the API's JSON answers, for ``/docs`` and for checking what the station returns.
+
+Every model keeps keys it does not name (``extra="allow"``): a key the station adds reaches clients
+instead of being dropped. Routes use ``response_model_exclude_unset``, so an optional key the station
+leaves out stays out (no ``null`` appears)."""
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Answer(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# -- recognize ----------------------------------------------------------------------------------------
+class Alternative(Answer):
+    label: str
+    confidence: float
+
+
+class Representative(Answer):
+    label: str
+    thumbnail: int  # GET /api/thumbnails/{thumbnail}
+    distance: float
+
+
+class PredictAnswer(Answer):
+    label: str | None  # null: unknown; then the alternatives start with the closest class
+    confidence: float
+    alternatives: list[Alternative]
+    known_classes: int
+    representatives: list[Representative]
+    heatmap: str | None = None  # a PNG data URL, when asked for
+    message: str | None = None  # why there is no answer (nothing learned yet)
+
+
+# -- learn and knowledge ------------------------------------------------------------------------------
+class LearnAnswer(Answer):
+    events: list[int]  # the feedback log's new entries
+    classes: list[str]
+    learned: int
+
+
+class KnowledgeAnswer(Answer):
+    version: int  # the new version
+    classes: list[str]
+    examples: int
+
+
+class ImportAnswer(Answer):
+    version: int
+    site: str  # whose knowledge was merged
+    classes: list[str]
+    examples: int
+
+
+class TagAnswer(Answer):
+    version: int
+    tag: str
+
+
+class Version(Answer):
+    id: int
+    created_at: str
+    reason: str
+    parent: int | None
+    user: str | None
+    site: str | None
+    classes: int
+    examples: int
+    bytes: int | None  # null once pruned
+    tag: str | None
+    pruned_at: str | None
+
+
+class VersionsAnswer(Answer):
+    active: int | None
+    versions: list[Version]  # newest first
+
+
+class Concept(Answer):
+    path: str
+    parent: str | None
+    created_at: str
+
+
+class ConceptsAnswer(Answer):
+    concepts: list[Concept]
+
+
+# -- queue --------------------------------------------------------------------------------------------
+class QueueItem(Answer):
+    id: int
+    created_at: str
+    predicted: str | None
+    confidence: float | None
+    status: str
+    label: str | None
+    feature_hash: str
+    has_image: int  # 0 or 1
+
+
+class QueueAnswer(Answer):
+    items: list[QueueItem]  # least confident first
+
+
+class LabelAnswer(Answer):
+    """Empty when the item was dismissed."""
+
+    events: list[int] | None = None
+    classes: list[str] | None = None
+
+
+# -- status -------------------------------------------------------------------------------------------
+class LiveCalibration(Answer):
+    n: int  # predictions people confirmed or corrected
+    accuracy: float | None
+    ece: float | None  # expected calibration error
+
+
+class StatusAnswer(Answer):
+    classes: list[str]
+    examples: int
+    learner: str
+    learner_bytes: int
+    representations: int
+    temperature: float
+    backbone: dict[str, Any]  # what must match for knowledge to be exchanged
+    active_version: int | None
+    events: int
+    open_queue: int
+    live_calibration: LiveCalibration
+    config: dict[str, Any] | None = None  # only with a token
+
+
+class Event(Answer):
+    id: int
+    created_at: str
+    user: str | None
+    kind: str
+    label: str
+    predicted: str | None
+    confidence: float | None
+    base_version: int
+    feature_hash: str
+    has_image: int  # 0 or 1
+
+
+class EventsAnswer(Answer):
+    events: list[Event]  # newest first
