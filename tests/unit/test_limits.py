@@ -122,12 +122,12 @@ def test_decode_slots_refuse_at_once_when_all_are_taken():
 
 
 def test_a_prediction_that_finds_no_free_decode_slot_gets_429_with_retry_after(tmp_path, monkeypatch):
-    from edgelearn.server import app as app_module
+    from edgelearn.server.routers import recognize
 
     station = Station(config(tmp_path))
     client = TestClient(create_app(station, TOKEN, limits=Limits(decode_slots=1)), base_url="http://localhost")
     started, release = threading.Event(), threading.Event()
-    load = app_module.load_image
+    load = recognize.load_image
 
     def slow_load(data, **kw):
         if kw["name"] == "slow.png":
@@ -135,7 +135,7 @@ def test_a_prediction_that_finds_no_free_decode_slot_gets_429_with_retry_after(t
             release.wait(30)
         return load(data, **kw)
 
-    monkeypatch.setattr(app_module, "load_image", slow_load)
+    monkeypatch.setattr(recognize, "load_image", slow_load)
     first = threading.Thread(target=lambda: client.post("/api/predict", files={"image": ("slow.png", png("red"))}))
     first.start()
     try:
