@@ -44,7 +44,7 @@ def create_app(station: Station | StationConfig, token: str, *, max_upload_bytes
     app = FastAPI(title="edgelearn station", version=__version__, description=DESCRIPTION, lifespan=_lifespan,
                   exception_handlers={EdgelearnError: _user_error, ConflictError: _conflict, GoneError: _gone,
                                       TooLargeError: _too_large, BusyError: _busy})
-    app.state.config = station if isinstance(station, StationConfig) else None
+    app.state.station_config = station if isinstance(station, StationConfig) else None
     if isinstance(station, Station):
         app.state.station = station
     app.state.tokens, app.state.limits, app.state.max_upload_bytes = tokens, limits, max_upload_bytes
@@ -63,8 +63,8 @@ def create_app(station: Station | StationConfig, token: str, *, max_upload_bytes
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI):
-    if app.state.config is not None:
-        app.state.station = Station(app.state.config)
+    if app.state.station_config is not None:
+        app.state.station = Station(app.state.station_config)
     yield
     app.state.station.close()  # graceful shutdown: uvicorn drained the requests; checkpoint the WAL
 

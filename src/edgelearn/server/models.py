@@ -1,8 +1,8 @@
 """The shapes of the API's JSON answers, for ``/docs`` and for checking what the station returns.
 
 Every model keeps keys it does not name (``extra="allow"``): a key the station adds reaches clients
-instead of being dropped. Routes use ``response_model_exclude_unset``, so an optional key the station
-leaves out stays out (no ``null`` appears)."""
+instead of being dropped. Routes whose model has optional keys use ``response_model_exclude_unset``,
+so a key the station leaves out stays out (no ``null`` appears)."""
 
 from typing import Any
 

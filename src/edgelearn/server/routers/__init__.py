@@ -1,4 +1,6 @@
-"""The API's routes, one router per area; each endpoint gets the station as ``station: StationDep``."""
+"""The API's routes, one router per area; each endpoint gets the station as ``station: StationDep``.
+
+A new area is a module here with ``router = APIRouter(prefix="/api", tags=[AREA])``, listed in ``ROUTERS``."""
 
 from edgelearn.server.routers import knowledge, learn, queue, recognize, status
 
