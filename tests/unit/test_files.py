@@ -16,7 +16,8 @@ def umask():
     os.umask(before)
 
 
-@pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+@pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)],
+                         ids=["umask-022", "umask-027", "umask-002"])
 def test_saved_files_get_the_mode_the_umask_gives_and_secrets_stay_private(tmp_path, umask, mask, expected):
     umask(mask)
     atomic_write_bytes(tmp_path / "model.edge", b"model")
