@@ -29,7 +29,7 @@ from benchmarks import common  # noqa: E402
 from edgelearn.data import FolderDataset  # noqa: E402
 from edgelearn.data.images import load_image  # noqa: E402
 from edgelearn.inspection import load_model  # noqa: E402
-from edgelearn.training import train  # noqa: E402
+from edgelearn.training import TrainConfig, train  # noqa: E402
 
 
 def test_accuracy(model_path: Path, data: Path) -> float:
@@ -75,7 +75,8 @@ def main() -> None:
     data = args.data / args.dataset
     args.work.mkdir(parents=True, exist_ok=True)
     settings = {"weights": args.weights, "strategy": "partial", "epochs": args.epochs, "input_size": args.input_size,
-                "batch_size": 32, "seed": 0, "log": lambda line: print("  " + line, flush=True)}
+                "batch_size": 32, "seed": 0}
+    log = lambda line: print("  " + line, flush=True)  # noqa: E731
     runs = [("single", 1), ("ddp", 1), ("ddp", 2), ("ps", 1), ("ps", 2)]
     results = []
     for mode, workers in runs:
@@ -84,7 +85,7 @@ def main() -> None:
         output = args.work / f"{name}.pt"
         output.with_suffix(".ckpt").unlink(missing_ok=True)
         started = time.perf_counter()
-        result = train(data, output, mode=mode, workers=workers, threads=1, **settings)
+        result = train(TrainConfig(data, output, mode=mode, workers=workers, threads=1, **settings), log=log)
         total = time.perf_counter() - started
         epoch_seconds = [h["seconds"] for h in result["history"]]
         results.append({"run": name, "mode": mode, "workers": workers, "epoch_seconds": epoch_seconds,
@@ -104,7 +105,8 @@ def main() -> None:
         output = args.work / f"session{k + 1}.pt"
         output.with_suffix(".ckpt").unlink(missing_ok=True)
         print(f"online session {k + 1}: training on {folder}", flush=True)
-        train(folder, output, start_from=previous, max_norm=3.0, dropout=0.2, threads=2, **settings)
+        train(TrainConfig(folder, output, start_from=previous, max_norm=3.0, dropout=0.2, threads=2, **settings),
+              log=log)
         sessions.append({"session": k + 1, "images": sum(1 for _ in (folder / "train").rglob("*.*")),
                          "test_accuracy": test_accuracy(output, data)})
         print(f"  after session {k + 1}: test {sessions[-1]['test_accuracy']:.2%}", flush=True)

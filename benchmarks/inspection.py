@@ -26,7 +26,7 @@ from edgelearn.data import FolderDataset  # noqa: E402
 from edgelearn.data.patches import PatchGrid  # noqa: E402
 from edgelearn.inspection import Inspector, distill, evaluate_inspection  # noqa: E402
 from edgelearn.inspection.analysis import analyse_model, plot_analysis  # noqa: E402
-from edgelearn.training import train  # noqa: E402
+from edgelearn.training import TrainConfig, train  # noqa: E402
 
 
 def main() -> None:
@@ -55,8 +55,9 @@ def main() -> None:
     timings = {}
     if not (args.reuse and models["teacher"].is_file()):
         print("teacher: fine-tuning MobileNetV2 on patches", flush=True)
-        timings["teacher"] = _timed(train, data, models["teacher"], weights=args.weights, strategy="full",
-                                    epochs=args.teacher_epochs, lr=args.teacher_lr, patch=grid, log=log)
+        teacher = TrainConfig(data, models["teacher"], weights=args.weights, strategy="full",
+                              epochs=args.teacher_epochs, lr=args.teacher_lr, patch=grid)
+        timings["teacher"] = _timed(train, teacher, log=log)
     for name, teacher in (("student (distilled)", models["teacher"]), ("student (scratch)", None)):
         if not (args.reuse and models[name].is_file()):
             print(name, flush=True)

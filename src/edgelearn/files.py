@@ -3,7 +3,7 @@
 import json
 import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -22,21 +22,22 @@ DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "U16": 2, "I16": 2, "F16": 2, "BF16"
                "U64": 8, "I64": 8, "F64": 8}
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int = 0o644) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int | None = None) -> None:
     """Write ``data`` so that ``path`` holds either the old or the new content, never a mix.
 
-    Temp file in the same folder, fsync, rename over the target, fsync the folder. The file gets
-    ``mode`` (0644: models and packages are meant to be shared; pass 0o600 for anything secret)
-    before any byte is written.
+    Temp file in the same folder, fsync, rename over the target, fsync the folder. The file gets the
+    mode any program's new file gets (0666 less the umask: 0644 under the usual 022, for models and
+    packages are meant to be shared), or exactly ``mode`` (0o600 for anything secret) before any byte is written.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _new_file_beside(path, 0o666 if mode is None else mode)
     except OSError as exc:  # the folder the user named cannot hold the file: say which, without a traceback
         raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
-        os.fchmod(fd, mode)
+        if mode is not None:
+            os.fchmod(fd, mode)  # exactly, whatever the umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -50,6 +51,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int = 0o64
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _new_file_beside(path: Path, mode: int) -> tuple[int, str]:
+    """A new, uniquely named temp file next to ``path``, created with ``mode`` less the umask (as open()
+    creates files; tempfile.mkstemp would make every file 0600)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), str(tmp)
+        except FileExistsError:
+            continue
 
 
 def write_private(path: str | os.PathLike, data: bytes) -> None:

@@ -19,7 +19,7 @@ from rich.progress import track
 from edgelearn.backbones import WEIGHTS_ENV, Backbone, build_backbone
 from edgelearn.data.cache import FeatureCache, content_hash
 from edgelearn.data.images import load_image, to_rgb
-from edgelearn.errors import DatasetError, IncompatibleError
+from edgelearn.errors import DatasetError, ImageError, IncompatibleError
 from edgelearn.explain.calibration import fit_temperature
 from edgelearn.files import atomic_write_bytes
 from edgelearn.knowledge import ImportPolicy, SiteKey, package_bytes, parse_package, read_package
@@ -106,8 +106,12 @@ class Recognizer:
         return self.backbone.embed((_as_image(im) for im in images), batch_size=batch_size)
 
     def embed_files(self, paths: Sequence[str | os.PathLike], *, cache: FeatureCache | None = None,
-                    batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        """Embed image files, reusing ``cache`` for files whose bytes were embedded before."""
+                    batch_size: int = 32, progress: bool = False,
+                    unreadable: dict[int, str] | None = None) -> np.ndarray:
+        """Embed image files, reusing ``cache`` for files whose bytes were embedded before.
+
+        The first file that cannot be read raises its :class:`ImageError`; with ``unreadable`` (a dict) every
+        such file is left out instead: its row stays zero and ``unreadable[index]`` says why."""
         self._require_backbone()
         out = np.zeros((len(paths), self.backbone.feature_dim), np.float32)
         hashes = [content_hash(p) for p in paths] if cache is not None else [""] * len(paths)
@@ -118,11 +122,12 @@ class Recognizer:
                 out[i] = found[h]
         for lo in track(range(0, len(todo), batch_size), description="embedding", disable=not progress,
                         transient=True):
-            part = todo[lo:lo + batch_size]
-            images = [load_image(paths[i]) for i in part]
-            out[part] = self.backbone.embed(images, batch_size=batch_size)
-            if cache is not None:
-                cache.put([hashes[i] for i in part], out[part])
+            loaded = {i: _load_or_note(paths[i], i, unreadable) for i in todo[lo:lo + batch_size]}
+            part = [i for i, image in loaded.items() if image is not None]
+            if part:
+                out[part] = self.backbone.embed([loaded[i] for i in part], batch_size=batch_size)
+                if cache is not None:
+                    cache.put([hashes[i] for i in part], out[part])
         return out
 
     # -- learning and prediction -------------------------------------------------------------------
@@ -322,3 +327,14 @@ def _as_image(image: ImageLike) -> Image.Image:
     if isinstance(image, Image.Image):
         return to_rgb(image)
     return load_image(image)
+
+
+def _load_or_note(path: str | os.PathLike, index: int, unreadable: dict[int, str] | None) -> Image.Image | None:
+    """The decoded image; or, when ``unreadable`` collects failures, None after noting why there."""
+    try:
+        return load_image(path)
+    except ImageError as exc:
+        if unreadable is None:
+            raise
+        unreadable[index] = str(exc)
+        return None

@@ -158,8 +158,7 @@ def test_every_choice_matches_the_library_and_every_cli_module_stays_small():
     from edgelearn.learners import ALIASES, LEARNERS
     from edgelearn.learners.fuzzy_artmap import STRATEGIES as FOLDS
     from edgelearn.runtime import Precision, Runtime
-    from edgelearn.training.distributed import MODES
-    from edgelearn.training.finetune import STRATEGIES
+    from edgelearn.training import MODES, STRATEGIES
 
     def values(choices):
         return sorted(c.value for c in choices)

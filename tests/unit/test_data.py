@@ -73,3 +73,37 @@ def test_embedding_a_corrupt_file_names_it(image_folder):
     rec = Recognizer.create("tiny", learner="ncm", weights="random")
     with pytest.raises(ImageError, match="broken.png"):
         rec.embed_files(FolderDataset.scan(image_folder, "train").paths)
+
+
+def test_symlinked_class_folders_are_followed_as_by_imagefolder(image_folder, tmp_path):
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for folder in (image_folder / "train").iterdir():
+        (linked / folder.name).symlink_to(folder.resolve(), target_is_directory=True)
+    (linked / "loop").symlink_to(linked, target_is_directory=True)  # a link back up is read once, not forever
+    ds, real = FolderDataset.scan(linked), FolderDataset.scan(image_folder, "train")
+    assert ds.labels == real.labels and [p.name for p in ds.paths] == [p.name for p in real.paths]
+    assert all(p.is_relative_to(linked) for p in ds.paths)
+
+
+def test_a_gif_in_a_data_set_is_refused_by_name_not_passed_over(image_folder):
+    from PIL import Image
+
+    gif = image_folder / "train" / "red" / "animated.gif"
+    Image.new("RGB", (16, 16), "red").save(gif)
+    assert gif in FolderDataset.scan(image_folder, "train").paths  # learn and predict both refuse it, by name
+    rec = Recognizer.create("tiny", learner="ncm", weights="random")
+    with pytest.raises(ImageError, match="animated.gif: not an image file we can read"):
+        rec.embed_files([gif])
+
+
+def test_embedding_can_collect_every_unreadable_file_instead_of_stopping(image_folder):
+    paths = list(FolderDataset.scan(image_folder, "train").paths)
+    (image_folder / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (image_folder / "empty.jpg").write_bytes(b"")
+    paths[1:1] = [image_folder / "bad.png", image_folder / "empty.jpg"]
+    rec = Recognizer.create("tiny", learner="ncm", weights="random")
+    unreadable = {}
+    X = rec.embed_files(paths, unreadable=unreadable)
+    assert sorted(unreadable) == [1, 2] and "bad.png" in unreadable[1] and "empty.jpg: empty file" in unreadable[2]
+    assert not X[[1, 2]].any() and X[[0, 3]].any(axis=1).all()

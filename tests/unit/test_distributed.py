@@ -12,11 +12,16 @@ import pytest
 import torch
 
 from edgelearn.errors import ModelFileError
-from edgelearn.training import train
+from edgelearn.training import TrainConfig
+from edgelearn.training import train as run_training
 from tests.conftest import make_image_folder
 
-TINY = {"backbone": "tiny", "weights": "random", "strategy": "full", "lr": 1e-2, "batch_size": 8,
-        "log": lambda *a: None}
+TINY = {"backbone": "tiny", "weights": "random", "strategy": "full", "lr": 1e-2, "batch_size": 8}
+
+
+def train(dataset, output, **settings):
+    """One quiet run of the dispatcher on a TrainConfig of these settings."""
+    return run_training(TrainConfig(dataset, output, **settings), log=lambda *a: None)
 
 
 @pytest.fixture(scope="module")

@@ -83,3 +83,34 @@ def test_learners_and_knowledge_need_numpy_only():
             "print(sorted(m for m in ('torch', 'torchvision', 'PIL', 'cv2') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def module_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Cycles among modules (a package's ``__init__`` re-exporting its own modules is no cycle: they never
+    import the package back by its bare name)."""
+    cycles, done, stack = [], set(), []
+
+    def visit(node):
+        if node in stack:
+            cycles.append(stack[stack.index(node):] + [node])
+            return
+        if node in done:
+            return
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            visit(nxt)
+        stack.pop()
+        done.add(node)
+
+    for node in sorted(graph):
+        visit(node)
+    return cycles
+
+
+def test_the_training_modules_import_no_cycle():
+    """Fine-tuning and the distributed modes once imported each other (at function level); one dispatcher
+    (training.run) now imports both, and the modes import the fine-tuning job, never the other way."""
+    graph = {m: {t for t in targets if t.startswith("edgelearn.training")}
+             for m, targets in imports().items() if m.startswith("edgelearn.training")}
+    assert not module_cycles(graph), module_cycles(graph)
+    assert "edgelearn.training.distributed" not in graph["edgelearn.training.finetune"]

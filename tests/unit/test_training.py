@@ -7,9 +7,15 @@ from torch.utils.data import TensorDataset
 
 from edgelearn.backbones import build_backbone, build_classifier
 from edgelearn.errors import ModelFileError
-from edgelearn.training import fit, train
+from edgelearn.training import TrainConfig, fit
+from edgelearn.training import train as run_training
 
-TINY = {"backbone": "tiny", "weights": "random", "batch_size": 8, "log": lambda *a: None}
+TINY = {"backbone": "tiny", "weights": "random", "batch_size": 8}
+
+
+def train(dataset, output, **settings):
+    """One quiet run of the dispatcher on a TrainConfig of these settings."""
+    return run_training(TrainConfig(dataset, output, **settings), log=lambda *a: None)
 
 
 def weights_of(path):

@@ -99,6 +99,8 @@ Backbone = Annotated[str, typer.Option(help="torchvision model name.")]
 InputSize = Annotated[int | None, typer.Option(help="Square input size (224 standard; 96 as in Maschler et al.'s "
                                                     "ImageNet-10).")]
 Model = Annotated[Path, typer.Argument(help="A saved model (.edge).")]
+SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Leave out images that cannot be read and list them all "
+                                                          "at the end (default: the first one stops the command).")]
 
 
 

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from edgelearn.cli.features import embed_readable, say_unreadable
 from edgelearn.cli.options import (
     Backbone,
     Consolidation,
@@ -20,13 +21,14 @@ from edgelearn.cli.options import (
     NoCache,
     Runtime,
     RuntimeOption,
+    SkipBad,
     Weights,
     default_weights,
     refuse_together,
     site_key,
 )
 from edgelearn.cli.output import emit, err, log, out, steps_table
-from edgelearn.data import FeatureCache, FolderDataset
+from edgelearn.data import FolderDataset
 from edgelearn.errors import ParameterError
 from edgelearn.evaluation import evaluate_features, learn_stream
 from edgelearn.recognizer import Recognizer
@@ -49,15 +51,17 @@ def learn(
     input_size: InputSize = None,
     runtime: RuntimeOption = Runtime.TORCH,
     no_cache: NoCache = False,
+    skip_bad: SkipBad = False,
     key: Key = None,
     as_json: Json = False,
 ):
     """Learn the classes of a folder data set as a class-incremental stream and save the model."""
     result = _learn(dataset, learner, steps, per_class, seed, consolidation, backbone, weights, input_size,
-                    no_cache, runtime)
+                    no_cache, runtime, skip_bad)
     result.pop("recognizer").save(output, key=site_key(key))
     err.print(f"saved {output}")
     emit({**result, "model": str(output)}, as_json, steps_table(result["history"], result.get("evaluation")))
+    say_unreadable(result.get("unreadable"))
 
 
 def predict(
@@ -90,19 +94,24 @@ def evaluate(
     weights: Weights = None,
     runtime: RuntimeOption = Runtime.TORCH,
     no_cache: NoCache = False,
+    skip_bad: SkipBad = False,
     as_json: Json = False,
 ):
     """Top-1, top-5 and per-class accuracy on a labelled folder."""
     if variants:
         refuse_together("--variants", "level", "runtime", "no_cache")
         return _variants_table(model, dataset, weights, as_json)
-    rec, ds, X = _model_and_test_split(model, dataset, weights, no_cache, runtime)
+    unreadable = [] if skip_bad else None
+    rec, ds, X = _model_and_test_split(model, dataset, weights, no_cache, runtime, unreadable)
     result = evaluate_features(rec, X, ds.labels, level=level)
+    if skip_bad:
+        result["unreadable"] = unreadable
     table = Table("class", "n", "top-1", "top-5")
     for c, r in result["per_class"].items():
         table.add_row(c, str(r["n"]), f"{r['accuracy']:.1%}", f"{r['top5']:.1%}")
     table.caption = f"all: top-1 {result['accuracy']:.2%}, top-5 {result['top5']:.2%}, n={result['n']}"
     emit(result, as_json, table)
+    say_unreadable(unreadable)
 
 
 def calibrate(
@@ -176,32 +185,37 @@ def demo(
 
 def _learn(dataset: Path, learner: str, steps: int, per_class: int | None, seed: int, consolidation: str,
            backbone: str, weights: str | None, input_size: int | None, no_cache: bool,
-           runtime: str = "torch") -> dict:
+           runtime: str = "torch", skip_bad: bool = False) -> dict:
     train, test = FolderDataset.splits(dataset)
     train = train.sample_per_class(per_class, seed)
+    if steps > len(train.classes):
+        log(f"warning: --steps {steps} is more than the {len(train.classes)} classes: classes are cut across steps")
     rec = Recognizer.create(backbone, learner=learner, weights=weights, input_size=input_size, runtime=runtime)
     err.print(f"learning {len(train)} images of {len(train.classes)} classes in {steps} step(s) "
               f"with {rec.learner.kind} on {rec.backbone!r}")
-    X = _embed(rec, train, no_cache)
-    test_data = (_embed(rec, test, no_cache), test.labels) if test is not None else None
+    unreadable = [] if skip_bad else None
+    train, X = embed_readable(rec, train, no_cache, unreadable)
+    test_data = None
+    if test is not None:
+        test, test_X = embed_readable(rec, test, no_cache, unreadable)
+        test_data = (test_X, test.labels)
     history = learn_stream(rec, X, train.labels, n_steps=steps, seed=seed, consolidation=consolidation,
                            test=test_data)
-    result = {"history": history, "info": rec.info()}
+    result = {"history": history, "info": rec.info(), **({"unreadable": unreadable} if skip_bad else {})}
     if test_data is not None:
         result["evaluation"] = evaluate_features(rec, *test_data)
     return {"recognizer": rec, **result}
 
 
-def _model_and_test_split(model: Path, dataset: Path, weights, no_cache: bool, runtime: str = "torch"):
-    """A saved model, the data set's test split (or all of it) and its features."""
+def _model_and_test_split(model: Path, dataset: Path, weights, no_cache: bool, runtime: str = "torch",
+                          unreadable: list[str] | None = None):
+    """A saved model, the data set's test split (or all of it, less ``unreadable`` images) and its features."""
     rec = Recognizer.load(model, weights=weights, runtime=runtime)
-    ds = FolderDataset.test_split(dataset)
-    return rec, ds, _embed(rec, ds, no_cache)
+    return rec, *embed_readable(rec, FolderDataset.test_split(dataset), no_cache, unreadable)
 
 
 def _embed(rec: Recognizer, ds: FolderDataset, no_cache: bool):
-    cache = None if no_cache else FeatureCache(rec.backbone.fingerprint_id)
-    return rec.embed_files(ds.paths, cache=cache, progress=err.is_terminal)
+    return embed_readable(rec, ds, no_cache)[1]
 
 
 def _variants_table(model: Path, dataset: Path, weights, as_json: bool) -> None:

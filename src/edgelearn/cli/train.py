@@ -51,17 +51,17 @@ def train(
     validation loss is kept and loads as a backbone afterwards (--weights OUTPUT) or, with --patch, as
     an inspection teacher."""
     from edgelearn.data.patches import PatchGrid
+    from edgelearn.training import TrainConfig
     from edgelearn.training import train as run_train
 
     if mode != Mode.ps:  # only the parameter server runs across machines
         refuse_together(f"--mode {mode}", "address", "rank", *(["workers"] if mode == Mode.single else []))
-    result = run_train(dataset, output, mode=mode.value, workers=workers, threads=threads, address=address, rank=rank,
-                       backbone=backbone,
-                       weights=default_weights(weights, backbone), strategy=strategy.value, epochs=epochs, lr=lr,
-                       batch_size=batch_size, input_size=input_size, trainable_blocks=blocks,
-                       patch=patch and PatchGrid(patch, grid), start_from=start_from, max_norm=max_norm,
-                       dropout=dropout, seed=seed, resume=resume, progress=err.is_terminal,
-                       log=log)
+    config = TrainConfig(dataset, output, backbone=backbone, weights=default_weights(weights, backbone),
+                         strategy=strategy.value, epochs=epochs, lr=lr, batch_size=batch_size, input_size=input_size,
+                         trainable_blocks=blocks, patch=patch and PatchGrid(patch, grid), start_from=start_from,
+                         max_norm=max_norm, dropout=dropout, seed=seed, mode=mode.value, workers=workers,
+                         threads=threads, address=address, rank=rank, resume=resume)
+    result = run_train(config, progress=err.is_terminal, log=log)
     if rank is not None:
         emit(result, as_json, f"worker {rank} done: the server at {address} holds the model")
         return

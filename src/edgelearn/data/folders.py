@@ -4,13 +4,14 @@ Layout: ``root/<class>/<sub...>/*.jpg``; an image's label is the path of its fol
 the split root (``car/interior/steering_wheel``). A root with ``train/`` and ``test/`` holds splits.
 """
 
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgelearn.data.images import IMAGE_SUFFIXES
+from edgelearn.data.images import IMAGE_SUFFIXES, REFUSED_SUFFIXES
 from edgelearn.errors import DatasetError, LabelError
 from edgelearn.labels import check_label
 
@@ -48,8 +49,7 @@ class FolderDataset:
             if not (root / split).is_dir():
                 raise DatasetError(f"{root} has no {split}/ folder")
             root = root / split
-        paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        paths = [p for p in paths if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+        paths = sorted(_image_files(root))
         labels = [p.parent.relative_to(root).as_posix() for p in paths]
         if not paths:
             raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {root}")
@@ -113,3 +113,22 @@ def _class_labels(root: Path, labels: list[str]) -> list[str]:
         except LabelError as exc:
             raise DatasetError(f"class folder {root / label}: {exc} (rename the folder)") from None
     return [checked[label] for label in labels]
+
+
+def _image_files(root: Path):
+    """The image files under ``root``, through symlinked folders too (as torchvision's ImageFolder), each real
+    folder once (a link back up cannot loop); hidden files and folders are left out. A refused format is
+    included, so that it is refused by name instead of passed over."""
+    seen = set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        for name in files:
+            path = Path(folder, name)
+            if not name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES + REFUSED_SUFFIXES \
+                    and path.is_file():
+                yield path

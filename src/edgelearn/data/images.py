@@ -19,6 +19,8 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from edgelearn.errors import ImageError, TooLargeError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# image files we refuse rather than pass over: a data set holding them fails on them (or lists them, --skip-bad)
+REFUSED_SUFFIXES = (".gif",)
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")  # the only decoders we run: never EPS (Ghostscript) & co.
 EIGHT_BIT_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr")
 MAX_PIXELS = 40_000_000  # ~ a 7000x5700 photo; far above any camera frame we classify
@@ -101,7 +103,10 @@ def _read_bytes(source: str | os.PathLike | bytes, label: str) -> bytes:
             raise ImageError(f"{label}: no such file")
         if path.stat().st_size > MAX_BYTES:
             raise TooLargeError(f"{label}: file is larger than {MAX_BYTES // 2**20} MiB")
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:  # no permission, a disk error: the file's problem, said in one line
+            raise ImageError(f"{label}: cannot be read ({exc.strerror or exc})") from exc
     if not data:
         raise ImageError(f"{label}: empty file")
     return data

@@ -25,7 +25,6 @@ import threading
 import traceback
 import warnings
 from collections import deque
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlparse
 
 import torch
@@ -34,12 +33,9 @@ from torch.distributed.rendezvous import register_rendezvous_handler
 from torch.utils.data import default_collate
 
 from edgelearn.errors import EdgelearnError, ParameterError
-from edgelearn.training.loop import cross_entropy, fit, max_norm_, train_mode
-
-if TYPE_CHECKING:
-    from edgelearn.training.finetune import Job
-
-MODES = ("single", "ddp", "ps")
+from edgelearn.training.config import TrainConfig
+from edgelearn.training.finetune import Job, prepare
+from edgelearn.training.loop import check_checkpoint, cross_entropy, fit, max_norm_, train_mode
 
 
 class TrainingError(EdgelearnError, RuntimeError):
@@ -66,19 +62,16 @@ def default_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def _check(settings: dict, resume: bool):
+def _check(config: TrainConfig) -> Job:
     """Build the job here first, so that bad settings (or a checkpoint of another run) fail with a clear
     error before any process starts."""
-    from edgelearn.training.finetune import prepare
-    from edgelearn.training.loop import check_checkpoint
-
-    job = prepare(**settings)
-    if resume:
+    job = prepare(config)
+    if config.resume:
         check_checkpoint(job.fit_args["checkpoint"], job.fit_args["config"])
     return job
 
 
-def _result(job) -> tuple["Job", list, dict]:
+def _result(job: Job) -> tuple[Job, list, dict]:
     """The job, history and best epoch of a finished run, from its last checkpoint."""
     state = torch.load(job.fit_args["checkpoint"], map_location="cpu", weights_only=True)
     return job, state["history"], state["best"]
@@ -86,17 +79,14 @@ def _result(job) -> tuple["Job", list, dict]:
 
 # --- synchronous data parallel ---------------------------------------------------------------------
 
-def run_ddp(settings: dict, *, workers: int, threads: int | None = None, resume: bool = False,
-            max_restarts: int = 3, log=print) -> tuple["Job", list, dict]:
-    """Train with ``workers`` DDP processes on loopback; restart them from the checkpoint if one dies."""
-    if workers < 1:
-        raise ValueError("workers must be at least 1")
-    threads = threads or default_threads(workers)
-    job = _check(settings, resume)
+def run_ddp(config: TrainConfig, *, max_restarts: int = 3, log=print) -> tuple[Job, list, dict]:
+    """Train with ``config.workers`` DDP processes on loopback; restart them from the checkpoint if one dies."""
+    workers, threads = config.workers, config.threads or default_threads(config.workers)
+    job = _check(config)
     for attempt in range(max_restarts + 1):
         store = listen(workers)  # a fresh one per attempt: the last one holds a dead run's keys
         try:
-            mp.start_processes(_ddp_rank, args=(workers, store.port, settings, threads, resume or attempt > 0),
+            mp.start_processes(_ddp_rank, args=(workers, store.port, config, threads, config.resume or attempt > 0),
                                nprocs=workers, start_method="spawn")
             break
         except (mp.ProcessExitedException, mp.ProcessRaisedException) as exc:
@@ -107,16 +97,14 @@ def run_ddp(settings: dict, *, workers: int, threads: int | None = None, resume:
     return _result(job)
 
 
-def _ddp_rank(rank: int, world: int, port: int, settings: dict, threads: int, resume: bool) -> None:
+def _ddp_rank(rank: int, world: int, port: int, config: TrainConfig, threads: int, resume: bool) -> None:
     from torch.nn.parallel import DistributedDataParallel
-
-    from edgelearn.training.finetune import prepare
 
     _quiet()
     torch.set_num_threads(threads)
     torch.distributed.init_process_group("gloo", store=_join(port, world), rank=rank, world_size=world)
     try:
-        job = prepare(**settings)
+        job = prepare(config)
         _say(f"ddp worker {rank} (pid {os.getpid()}) ready")
         model = DistributedDataParallel(job.model)
         fit(model, job.optimizer, job.train_set, job.val_set, learning=job.learning, shard=(rank, world),
@@ -239,25 +227,23 @@ def _worker_epoch(epoch: int, seed: int) -> None:
         rpc.rpc_sync(SERVER, _push, args=(rank, [p.grad for p in params], _statistics(job.model), sums))
 
 
-def run_ps(settings: dict, *, workers: int, threads: int | None = None, resume: bool = False,
-           address: str | None = None, log=print) -> tuple["Job", list, dict]:
-    """Run the parameter server and ``workers`` worker processes started here (loopback) or, with
-    ``address`` (``HOST:PORT``), listen there for workers started on their machines by :func:`join_ps`.
+def run_ps(config: TrainConfig, *, log=print) -> tuple[Job, list, dict]:
+    """Run the parameter server and ``config.workers`` worker processes started here (loopback) or, with
+    ``config.address`` (``HOST:PORT``), listen there for workers started on their machines by :func:`join_ps`.
 
     This process only holds the rendezvous store and waits: the server runs in a process of its own
     (torch's RPC cannot be started twice in one process)."""
-    if workers < 1:
-        raise ValueError("workers must be at least 1")
-    threads = threads or default_threads(workers)
-    job = _check(settings, resume)
+    workers, address = config.workers, config.address
+    threads = config.threads or default_threads(workers)
+    job = _check(config)
     host, port = _host_port(address) if address else ("127.0.0.1", 0)
     store = listen(workers + 1, host, port)
     if address:
         log(f"parameter server listening on {host}:{store.port} for {workers} workers")
     context = mp.get_context("spawn")
-    server = context.Process(target=_ps_server, args=(settings, workers, store.port, threads, resume))
-    procs = [] if address else [context.Process(target=_ps_worker, args=(rank, workers + 1, store.port, settings,
-                                                                          threads), daemon=True)
+    server = context.Process(target=_ps_server, args=(config, store.port, threads))
+    procs = [] if address else [context.Process(target=_ps_worker, daemon=True,
+                                                args=(rank, workers + 1, store.port, config, threads))
                                 for rank in range(1, workers + 1)]
     for p in (server, *procs):
         p.start()
@@ -272,12 +258,10 @@ def run_ps(settings: dict, *, workers: int, threads: int | None = None, resume: 
     return _result(job)
 
 
-def join_ps(settings: dict, *, rank: int, workers: int, address: str, threads: int | None = None) -> None:
-    """Be worker ``rank`` (1..workers) of the parameter server at ``address`` until it finishes."""
-    if not 1 <= rank <= workers:
-        raise ParameterError(f"a worker's rank is 1..{workers}, got {rank}")
-    host, port = _host_port(address)
-    _ps_worker(rank, workers + 1, port, settings, threads or (os.cpu_count() or 1), host)
+def join_ps(config: TrainConfig) -> None:
+    """Be worker ``config.rank`` (1..workers) of the parameter server at ``config.address`` until it finishes."""
+    host, port = _host_port(config.address)
+    _ps_worker(config.rank, config.workers + 1, port, config, config.threads or (os.cpu_count() or 1), host)
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -287,22 +271,20 @@ def _host_port(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _ps_server(settings: dict, workers: int, port: int, threads: int, resume: bool) -> None:
-    serve_parameters(settings, workers=workers, port=port, threads=threads, resume=resume, log=_say)
+def _ps_server(config: TrainConfig, port: int, threads: int) -> None:
+    serve_parameters(config, port=port, threads=threads, log=_say)
 
 
-def serve_parameters(settings: dict, *, workers: int, port: int, threads: int | None = None, resume: bool = False,
-                     log=print) -> None:
+def serve_parameters(config: TrainConfig, *, port: int, threads: int | None = None, log=print) -> None:
     """Rank 0: hold the model and optimiser, hand each epoch's batches to the live workers as they ask,
     step with their gradients, validate and checkpoint.
     ``port``: the rendezvous store's on this machine (:func:`listen`), which the workers join too."""
     from torch.distributed import rpc
 
-    from edgelearn.training.finetune import prepare
-
     global _job
     _quiet()
-    _job = prepare(**settings)
+    workers = config.workers
+    _job = prepare(config)
     if threads:
         torch.set_num_threads(threads)
     rpc.init_rpc(SERVER, rank=0, world_size=workers + 1,
@@ -315,7 +297,7 @@ def serve_parameters(settings: dict, *, workers: int, port: int, threads: int | 
         while _epoch.todo:  # at first, and again when a lost worker's batch went back
             if not live:
                 raise TrainingError("every worker failed; the last checkpoint holds the finished epochs")
-            futures = {rank: rpc.rpc_async(f"worker{rank}", _worker_epoch, args=(epoch, settings.get("seed", 0)),
+            futures = {rank: rpc.rpc_async(f"worker{rank}", _worker_epoch, args=(epoch, config.seed),
                                            timeout=0) for rank in live}
             for rank, future in futures.items():
                 try:
@@ -329,7 +311,7 @@ def serve_parameters(settings: dict, *, workers: int, port: int, threads: int | 
 
     try:
         fit(_job.model, _job.optimizer, _job.train_set, _job.val_set, learning=_job.learning, run_epoch=run_epoch,
-            resume=resume, log=log, **_job.fit_args)
+            resume=config.resume, log=log, **_job.fit_args)
         graceful = len(live) == workers  # a lost worker would keep a graceful shutdown waiting forever
         for future in [rpc.rpc_async(f"worker{rank}", _finish, args=(graceful,)) for rank in live]:
             try:
@@ -343,16 +325,15 @@ def serve_parameters(settings: dict, *, workers: int, port: int, threads: int | 
         rpc.shutdown(graceful=graceful)
 
 
-def _ps_worker(rank: int, world: int, port: int, settings: dict, threads: int, address: str = "127.0.0.1") -> None:
+def _ps_worker(rank: int, world: int, port: int, config: TrainConfig, threads: int,
+               address: str = "127.0.0.1") -> None:
     from torch.distributed import rpc
-
-    from edgelearn.training.finetune import prepare
 
     global _job
     _quiet()
     torch.set_num_threads(threads)
     try:
-        _job = prepare(**settings)
+        _job = prepare(config)
         rpc.init_rpc(f"worker{rank}", rank=rank, world_size=world,
                      rpc_backend_options=_rpc_options(f"edgelearn-store://{address}:{port}"))
         _stop.wait()

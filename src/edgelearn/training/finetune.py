@@ -14,7 +14,6 @@ other augmentation, and validation scores every grid patch.
 import hashlib
 import io
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,12 +25,12 @@ from torch.utils.data import DataLoader, Dataset
 from edgelearn.backbones import build_classifier
 from edgelearn.data import FolderDataset
 from edgelearn.data.images import load_image
-from edgelearn.data.patches import GridPatches, PatchGrid, RandomPatches
-from edgelearn.errors import DatasetError, ModelFileError, ParameterError
+from edgelearn.data.patches import GridPatches, RandomPatches
+from edgelearn.errors import DatasetError, ModelFileError
 from edgelearn.files import atomic_write_bytes
+from edgelearn.training.config import TrainConfig
 from edgelearn.training.loop import fit, run_batches
 
-STRATEGIES = ("frozen", "partial", "full")
 DEFAULT_LR = {"frozen": 1e-3, "partial": 3e-4, "full": 1e-4}
 
 
@@ -81,44 +80,37 @@ class Job:
     test_set: Dataset | None = None  # the data set's test/ images, scored after training
 
 
-def prepare(dataset: str | os.PathLike, output: str | os.PathLike, *, backbone: str = "mobilenet_v2",
-            weights=None, strategy: str = "frozen", epochs: int = 5, lr: float | None = None,
-            batch_size: int = 32, input_size: int | None = None, trainable_blocks: int = 3,
-            val_fraction: float = 0.1, patch: PatchGrid | None = None, start_from=None,
-            max_norm: float | None = None, dropout: float | None = None, seed: int = 0) -> Job:
-    """Build the model, data and optimiser of a fine-tuning run (see :func:`train`)."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError("epochs and batch size must be at least 1")
-    input_size = input_size or (patch.size if patch else None)
-    output = Path(output)
-    ds, test = FolderDataset.splits(dataset)
+def prepare(config: TrainConfig) -> Job:
+    """Build the model, data and optimiser of a fine-tuning run: every process of a run builds the same."""
+    c = config
+    patch, output = c.patch, c.output
+    input_size = c.input_size or (patch.size if patch else None)
+    ds, test = FolderDataset.splits(c.dataset)
     if len(ds.classes) < 2:
-        raise DatasetError(f"{dataset}: fine-tuning needs at least two classes")
-    train_idx, val_idx = split_validation(ds, val_fraction, seed)
-    model, prep, source, padding = build_classifier(backbone, weights=weights, input_size=input_size, seed=seed)
+        raise DatasetError(f"{c.dataset}: fine-tuning needs at least two classes")
+    train_idx, val_idx = split_validation(ds, c.val_fraction, c.seed)
+    model, prep, source, padding = build_classifier(c.backbone, weights=c.weights, input_size=input_size, seed=c.seed)
     with torch.random.fork_rng():
-        torch.manual_seed(seed)  # the new head's initial weights are part of the run's identity
+        torch.manual_seed(c.seed)  # the new head's initial weights are part of the run's identity
         head = replace_head(model, len(ds.classes))
-    if start_from is not None:
-        continue_from(model, Path(start_from), ds.classes)
-    if dropout is not None:
+    if c.start_from is not None:
+        continue_from(model, c.start_from, ds.classes)
+    if c.dropout is not None:
         for module in model.modules():
             if isinstance(module, nn.Dropout):
-                module.p = dropout
-    learning = trainable_modules(model, head, strategy, trainable_blocks)
+                module.p = c.dropout
+    learning = trainable_modules(model, head, c.strategy, c.trainable_blocks)
     model.requires_grad_(False)
     for module in learning:
         module.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr or DEFAULT_LR[strategy], weight_decay=1e-4)
-    config = {"backbone": backbone, "strategy": strategy, "classes": ds.classes, "input_size": prep.input_size,
-              "weights": source.ident, "seed": seed, "trainable_blocks": trainable_blocks, "batch_size": batch_size,
-              "lr": optimizer.defaults["lr"], "patch": patch and asdict(patch),
-              "start_from": start_from and str(start_from),
-              "max_norm": max_norm, "dropout": dropout}
-    target = {c: i for i, c in enumerate(ds.classes)}
+    optimizer = torch.optim.AdamW(params, lr=c.lr or DEFAULT_LR[c.strategy], weight_decay=1e-4)
+    # what a checkpoint must match to be resumed (and the sidecar's record of the run)
+    identity = {"backbone": c.backbone, "strategy": c.strategy, "classes": ds.classes, "input_size": prep.input_size,
+                "weights": source.ident, "seed": c.seed, "trainable_blocks": c.trainable_blocks,
+                "batch_size": c.batch_size, "lr": optimizer.defaults["lr"], "patch": patch and asdict(patch),
+                "start_from": c.start_from and str(c.start_from), "max_norm": c.max_norm, "dropout": c.dropout}
+    target = {name: i for i, name in enumerate(ds.classes)}
     y = [target[label] for label in ds.labels]
     train_paths, train_y = [ds.paths[i] for i in train_idx], [y[i] for i in train_idx]
     val_paths, val_y = [ds.paths[i] for i in val_idx], [y[i] for i in val_idx]
@@ -136,60 +128,26 @@ def prepare(dataset: str | os.PathLike, output: str | os.PathLike, *, backbone: 
     test_set = scored([test.paths[i] for i in known], [target[test.labels[i]] for i in known]) if known else None
 
     def save_best(metrics: dict) -> None:
-        _save_model(output, model, config, source, padding, prep, metrics)
+        _save_model(output, model, identity, source, padding, prep, metrics)
 
-    fit_args = {"targets": train_y, "n_classes": len(ds.classes), "epochs": epochs, "batch_size": batch_size,
-                "seed": seed, "checkpoint": output.with_suffix(".ckpt"), "config": config, "save_best": save_best,
-                "max_norm": max_norm}
-    summary = {"model": str(output), "classes": ds.classes, "strategy": strategy,
+    fit_args = {"targets": train_y, "n_classes": len(ds.classes), "epochs": c.epochs, "batch_size": c.batch_size,
+                "seed": c.seed, "checkpoint": output.with_suffix(".ckpt"), "config": identity, "save_best": save_best,
+                "max_norm": c.max_norm}
+    summary = {"model": str(output), "classes": ds.classes, "strategy": c.strategy,
                "trainable_parameters": sum(p.numel() for p in params)}
     if test is not None and len(known) < len(test):  # the model cannot name these: not scored, but said
         summary["test_classes_left_out"] = sorted(set(test.classes) - set(ds.classes))
     return Job(model, optimizer, learning, train_set, val_set, fit_args, summary, test_set)
 
 
-def train(dataset: str | os.PathLike, output: str | os.PathLike, *, mode: str = "single", workers: int = 1,
-          threads: int | None = None, address: str | None = None, rank: int | None = None, resume: bool = False,
-          progress: bool = False, log=print, **settings) -> dict:
-    """Fine-tune and save; returns the history (per epoch: train/val loss and accuracy, seconds), the best epoch
-    and, when the data set has a test/ folder, the best epoch's ``test_loss`` and ``test_accuracy`` on it (on the
-    classes it trained on; ``test_classes_left_out`` names any others).
-
-    ``mode``: ``single`` (this process), ``ddp`` (``workers`` data-parallel processes, gloo) or ``ps``
-    (a parameter server in this process and ``workers`` asynchronous worker processes); ``threads``
-    per process (default: this machine's cores shared among the workers). ``settings`` are
-    :func:`prepare`'s: backbone, weights, strategy, epochs, lr, batch_size, input_size (default: the
-    weights' native size, or with ``patch`` the patch size), trainable_blocks, val_fraction, patch,
-    start_from (an earlier result of this function: an online session continues from it), max_norm,
-    dropout, seed. Across machines (``ps``): the server listens on ``address`` (``HOST:PORT``) for
-    ``workers`` workers, each started on its machine with the same ``address`` and its ``rank`` (1..workers).
-    """
-    from edgelearn.training import distributed
-
-    if mode not in distributed.MODES:
-        raise ValueError(f"mode must be one of {', '.join(distributed.MODES)}, got {mode!r}")
-    if mode == "single":
-        job = prepare(dataset, output, **settings)
-        if threads:
-            torch.set_num_threads(threads)
-        history, best = fit(job.model, job.optimizer, job.train_set, job.val_set, learning=job.learning,
-                            resume=resume, progress=progress, log=log, **job.fit_args)
-    elif mode == "ps" and rank is not None:
-        if not address:
-            raise ParameterError("a worker (rank) needs the parameter server's address")
-        distributed.join_ps(dict(settings, dataset=dataset, output=output), rank=rank, workers=workers,
-                            address=address, threads=threads)
-        return {"mode": mode, "rank": rank, "server": address}
-    elif mode == "ddp":
-        if address or rank is not None:
-            raise ParameterError("address and rank are for the parameter server (mode ps)")
-        job, history, best = distributed.run_ddp(dict(settings, dataset=dataset, output=output), workers=workers,
-                                                 threads=threads, resume=resume, log=log)
-    else:
-        job, history, best = distributed.run_ps(dict(settings, dataset=dataset, output=output), workers=workers,
-                                                threads=threads, resume=resume, address=address, log=log)
-    return {**job.summary, "mode": mode, "workers": workers if mode != "single" else 1, "best_epoch": best["epoch"],
-            "best_val_loss": best["val_loss"], **score_test(job, Path(output)), "history": history}
+def train_here(config: TrainConfig, *, progress: bool = False, log=print) -> tuple[Job, list[dict], dict]:
+    """Fine-tune in this process (mode single); returns the job, the history and the best epoch."""
+    job = prepare(config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    history, best = fit(job.model, job.optimizer, job.train_set, job.val_set, learning=job.learning,
+                        resume=config.resume, progress=progress, log=log, **job.fit_args)
+    return job, history, best
 
 
 def score_test(job: Job, output: Path) -> dict:
