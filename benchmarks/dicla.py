@@ -75,7 +75,8 @@ def group(results, **where):
 
 
 ABLATIONS = {  # Fuzzy ARTMAP variants, imagenette 96 px, 10 steps: why the defaults are what they are
-    "default": {},  # match tracking, rho 0.5, learning rate 0.2, row-max scaling
+    "default": {},  # match tracking, rho 0.5, learning rate 0.5, choice 0.003 |I|, row-max scaling
+    "paper_rate_and_choice": {"learning_rate": 0.2, "choice": 1e-6},  # the defaults before issue 18
     "literal_updater": {"match_tracking": False},  # the paper's text read literally
     "fast_learning": {"learning_rate": 1.0},
     "relu6_scaling": {"feature_scale": 6.0},
@@ -169,7 +170,8 @@ def artlib_comparison(features, seeds):
         # artlib's numba kernels want float64; scaling is ours (row max), so both see identical inputs
         I = complement_code((X / X.max(axis=1, keepdims=True)).astype(np.float64))
         It = complement_code((Xt / Xt.max(axis=1, keepdims=True)).astype(np.float64))
-        impls = {"ours": (make_learner("fuzzy_artmap"), X, Xt)}  # ours scales and codes internally
+        same = {"learning_rate": 0.2, "choice": 1e-3 / X.shape[1]}  # artlib's beta and alpha (ours: alpha / |I|)
+        impls = {"ours": (make_learner("fuzzy_artmap", **same), X, Xt)}  # ours scales and codes internally
         impls.update({name: (make(), I, It) for name, make in makers.items()})
         for name, (model, train_in, test_in) in impls.items():
             t0 = time.perf_counter()
