@@ -13,8 +13,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from edgelearn.errors import ConflictError, IncompatibleError, ModelFileError, NotFittedError, NotFoundError, \
-    ParameterError
+from edgelearn.errors import (
+    ConflictError,
+    IncompatibleError,
+    ModelFileError,
+    NotFittedError,
+    NotFoundError,
+    ParameterError,
+)
 
 Label = str | int
 MAX_TEXT = 200

@@ -21,7 +21,15 @@ from starlette.datastructures import UploadFile as StarletteUpload
 
 from edgelearn import __version__
 from edgelearn.data.images import load_image
-from edgelearn.errors import BusyError, ConflictError, EdgelearnError, GoneError, NotFoundError, TooLargeError
+from edgelearn.errors import (
+    BusyError,
+    ConflictError,
+    EdgelearnError,
+    GoneError,
+    NearDuplicateError,
+    NotFoundError,
+    TooLargeError,
+)
 from edgelearn.server.guard import WRITE, Guard, Tokens, served_names
 from edgelearn.server.idempotency import IdempotencyKeys
 from edgelearn.server.limits import Budget, DecodeSlots, Limits
@@ -202,7 +210,10 @@ def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLO
               kind: Annotated[str, Form(pattern="^(teach|confirm|correct)$")] = "teach",
               predicted: Annotated[str | None, Form(description="What the station had said (feedback).")] = None,
               confidence: Annotated[float | None, Form(ge=0, le=1)] = None,
-              every: Annotated[int, Form(ge=1, le=1000, description="Video: keep every n-th frame.")] = 10) -> dict:
+              every: Annotated[int, Form(ge=1, le=1000, description="Video: keep every n-th frame.")] = 10,
+              new_class: Annotated[bool, Form(description="Create the class even if its name is close to a "
+                                                          "known one's (else 409 'did you mean ...?').")] = False
+              ) -> dict:
         """Teach, confirm or correct: returns once the feedback is committed to the store."""
         budget = Budget(limits.request_pixels, limits.request_images)
 
@@ -217,7 +228,7 @@ def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLO
                                            budget=budget, fit=fit)
 
         result = station.learn_stream(decode_slot.each(pairs()), kind=kind, user=user, predicted=predicted,
-                                      confidence=confidence)
+                                      confidence=confidence, new_class=new_class)
         return {**result, "learned": len(result["events"])}
 
     @app.post("/api/consolidate")
@@ -259,9 +270,10 @@ def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLO
         return {"items": station.store.queue(status, limit)}
 
     @app.post("/api/queue/{item}")
-    def label_item(item: int, user: Writer, label: Annotated[str | None, Form()] = None) -> dict:
+    def label_item(item: int, user: Writer, label: Annotated[str | None, Form()] = None,
+                   new_class: Annotated[bool, Form()] = False) -> dict:
         """Label a queued prediction (it is learned), or dismiss it (no label)."""
-        return station.label_queue(item, label or None, user)
+        return station.label_queue(item, label or None, user, new_class=new_class)
 
     @app.get("/api/queue/{item}/image", response_class=Response)
     def queue_image(item: int) -> Response:
@@ -282,6 +294,43 @@ def create_app(station: Station, token: str, *, max_upload_bytes: int = MAX_UPLO
     def events(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
         """The feedback log: who taught or corrected what, when."""
         return {"events": station.store.events(limit)}
+
+    # -- the worker's classes: cards, rename, merge, delete, undo; the token check --------------------------
+    @app.exception_handler(NearDuplicateError)
+    async def near_duplicate(request: Request, exc: NearDuplicateError):
+        return JSONResponse({"detail": str(exc), "suggestion": exc.suggestion}, 409)
+
+    ClassName = Annotated[str, Form(description="A class name or concept path.")]
+
+    @app.get("/api/classes")
+    def classes() -> dict:
+        """One card per class: examples, thumbnail ids (with --keep-images), and ``few`` (under 5 examples)."""
+        return {"classes": station.classes()}
+
+    @app.post("/api/classes/rename")
+    def rename_class(user: Writer, name: ClassName, to: ClassName) -> dict:
+        """Call a class by another name (409 if that name is taken: merge instead); a new version."""
+        return station.rename_class(name, to, user)
+
+    @app.post("/api/classes/merge")
+    def merge_classes(user: Writer, name: ClassName, into: ClassName) -> dict:
+        """All of ``name``'s examples become ``into``'s; ``name`` is gone. A new version."""
+        return station.merge_classes(name, into, user)
+
+    @app.post("/api/classes/delete")
+    def delete_class(user: Writer, name: ClassName) -> dict:
+        """Forget a class and what was learned from it; a new version (roll back to get it back)."""
+        return station.delete_class(name, user)
+
+    @app.post("/api/undo")
+    def undo(user: Writer) -> dict:
+        """Take back the last teach, confirm, correct or label request (409 when there is nothing to undo)."""
+        return station.undo(user)
+
+    @app.get("/api/token")
+    def token_access(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> dict:
+        """What the token sent gives: ``write``, ``read`` or ``none`` (for a "token OK" check)."""
+        return {"access": tokens.who(credentials.credentials if credentials else None)[0] or "none"}
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
