@@ -6,6 +6,9 @@ import pytest
 
 from edgelearn.errors import ConflictError, NearDuplicateError, NotFoundError
 from edgelearn.server import Station
+from edgelearn.store import Store
+from edgelearn.store import sqlite as store_module
+from edgelearn.store.sqlite import feature_hash
 from tests.unit.test_station import colour_image, config
 
 COLOUR_OF = {"bleu": "blue", "crimson": "red", "gren": "green", "rouge": "red", "Gas Pump": "red", "gas  pump": "red",
@@ -159,3 +162,48 @@ def test_a_package_merged_once_is_refused_the_second_time(tmp_path, station):
     station.rollback(version - 1)  # back to before the merge: merging it again is fine
     station.import_package(package, "blue.edge")
     assert sorted(station.rec.classes) == ["blue", "red"]
+
+
+def test_a_queue_label_close_to_a_known_name_asks_first_and_keeps_the_item_open(station):
+    teach(station, "red")
+    features = station.rec.embed([colour_image("red", 60)])[0]
+    item = station.store.enqueue("red", 0.2, features)
+    with pytest.raises(NearDuplicateError, match="did you mean 'red'"):
+        station.label_queue(item, "Red")
+    assert station.store.queue_item(item)["status"] == "open" and station.rec.classes == ["red"]
+    station.label_queue(item, "Red", new_class=True)
+    assert sorted(station.rec.classes) == ["Red", "red"]
+
+
+def test_undo_drops_the_thumbnails_of_what_it_took_back(station):
+    teach(station, "red")
+    teach(station, "gren")
+    assert any(t["label"] == "gren" for t in station.store.thumbnails())
+    station.undo()
+    assert {t["label"] for t in station.store.thumbnails()} == {"red"}
+    assert [c["path"] for c in station.store.concepts()] == ["red"]
+
+
+def test_a_store_from_before_undo_replays_its_events_and_can_undo_them_one_by_one(tmp_path, monkeypatch):
+    path = tmp_path / "old.sqlite"
+    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:2])
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
+    old = Store(path)
+    old._db.execute("INSERT INTO versions (created_at, reason, classes, examples, package) "
+                    "VALUES ('t', 'initial', 0, 0, x'00')")
+    old._db.execute("INSERT INTO meta VALUES ('active_version', '1')")
+    for i, label in enumerate(["red", "blue"]):
+        vector = np.full(4, i, np.float32)
+        old._db.execute("INSERT INTO events (created_at, kind, label, base_version, feature_hash, features) "
+                        "VALUES ('t', 'teach', ?, 1, ?, ?)", (label, feature_hash(vector), vector.tobytes()))
+    old.close()
+    monkeypatch.undo()
+    store = Store(path)  # migrated: the old events are requests of one event each
+    try:
+        assert store.replay(1)[1] == ["red", "blue"]
+        last = store.last_request(1)
+        assert (last["label"], last["examples"]) == ("blue", 1)
+        store.add_operation("undo", "blue", {}, request=last["request"])
+        assert store.replay(1)[1] == ["red"] and store.last_request(1)["label"] == "red"
+    finally:
+        store.close()
