@@ -123,8 +123,7 @@ class Station:
                                     runtime=c.runtime)
             self.store.set("created_with", {"backbone": c.backbone, "learner": c.learner,
                                             "input_size": c.input_size})
-            self.store.add_version(rec.to_bytes(), "initial", classes=0, examples=0)
-            self._base = _summary_of(rec)
+            self._holds = {self.store.add_version(rec.to_bytes(), "initial", classes=0, examples=0): _summary_of(rec)}
             return rec
         saved = self.store.get("created_with", {})
         backbone = build_backbone(saved.get("backbone", c.backbone), weights=c.weights,
@@ -134,7 +133,7 @@ class Station:
         except EdgelearnError as exc:
             raise type(exc)(f"the station's active knowledge (version {version} in {self.store.path}) fails the "
                             f"checks: {exc}") from None
-        self._base = _summary_of(rec)  # what the active version holds: versions' changes are relative to it
+        self._holds = {version: _summary_of(rec)}  # what a version holds: the next one's changes are relative to it
         X, labels = self.store.replay(version)
         if labels:
             rec.learn_features(X, labels)
@@ -300,10 +299,12 @@ class Station:
                      renamed: dict | None = None, **kwargs) -> int:
         """Commit ``rec`` (default: the station's) as the new active version, with what changed since the last."""
         rec = self.rec if rec is None else rec
+        parent = self.store.active_version
+        before = self._holds.get(parent) or _summary_of(self.rec)
         version = self.store.add_version(rec.to_bytes(), reason, classes=len(rec.classes),
                                          examples=sum(rec.examples_seen.values()), user=user,
-                                         changes=_changes(self._base, rec, renamed), **kwargs)
-        self._base = _summary_of(rec)
+                                         changes=_changes(before, rec, renamed), **kwargs)
+        self._holds = {parent: before, version: _summary_of(rec)}  # a transaction around this may still roll back
         return version
 
     def consolidate(self, user: str | None = None) -> dict:
@@ -320,7 +321,7 @@ class Station:
             new = self.store.add_version(package, f"rollback to version {version}", parent=version, user=user,
                                          classes=len(rec.classes), examples=sum(rec.examples_seen.values()),
                                          changes=_changes(_summary_of(self.rec), rec))  # what the worker sees undone
-            self._base = _summary_of(rec)
+            self._holds = {new: _summary_of(rec)}
             self._adopt(rec)
         return {"version": new, **self._summary()}
 
