@@ -92,6 +92,11 @@ def test_delete_forgets_a_class_and_survives_a_restart(tmp_path):
     again = Station(config(tmp_path, keep_images=True))
     try:
         assert sorted(again.rec.classes) == ["blue", "red"]
+        again.delete_class("red")
+        assert again.delete_class("blue")["classes"] == []  # the last one: back to knowing nothing
+        assert "teach" in again.predict(colour_image("red"), enqueue=False)["message"]
+        teach(again, "green")
+        assert again.rec.classes == ["green"]
     finally:
         again.close()
 
