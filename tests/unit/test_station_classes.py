@@ -178,6 +178,8 @@ def test_a_queue_label_close_to_a_known_name_asks_first_and_keeps_the_item_open(
     assert station.store.queue_item(item)["status"] == "open" and station.rec.classes == ["red"]
     station.label_queue(item, "Red", new_class=True)
     assert sorted(station.rec.classes) == ["Red", "red"]
+    assert station.undo()["undone"]["kind"] == "label"  # the item waits for a person again
+    assert station.store.queue_item(item)["status"] == "open" and station.rec.classes == ["red"]
 
 
 def test_undo_drops_the_thumbnails_of_what_it_took_back(station):

@@ -413,6 +413,8 @@ class Station:
                 for name in dict.fromkeys(label for label, _ in taken):
                     self.store.relabel_thumbnails(name, None, [f for n, f in taken if n == name])
                 self.store.keep_concepts(rec.classes)
+                if last["kind"] == "label":
+                    self.store.reopen([f for _, f in taken])
             self._adopt(rec)
         return {"undone": undone, "version": version, "classes": rec.classes}
 

@@ -420,6 +420,13 @@ class Store:
             self._prune_queue()
         return row
 
+    def reopen(self, features: list[bytes]) -> None:
+        """Labelled queue items of these features wait for a person again (their label was undone)."""
+        hashes = [feature_hash(np.frombuffer(f, np.float32)) for f in features]
+        with self._transaction():
+            self._db.execute(f"UPDATE queue SET status = 'open', label = NULL, resolved_at = NULL, user = NULL "
+                             f"WHERE status = 'labelled' AND feature_hash IN ({','.join('?' * len(hashes))})", hashes)
+
     # -- thumbnails (opt-in) --------------------------------------------------------------------------
     def add_thumbnail(self, label: str, image: bytes, features: np.ndarray, max_per_class: int) -> int:
         """Keep a thumbnail; beyond ``max_per_class`` drop the most redundant one of the class (the one
