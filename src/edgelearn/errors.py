@@ -75,3 +75,11 @@ class ParameterError(EdgelearnError, ValueError):
 
 class WriteError(EdgelearnError, OSError):
     """A result could not be written where asked: a file stands where a folder should, or no permission."""
+
+
+class NearDuplicateError(ConflictError):
+    """A new class name differs from a known one only in case or spacing (HTTP 409 with ``suggestion``)."""
+
+    def __init__(self, suggestion: str):
+        super().__init__(f"did you mean {suggestion!r}?")
+        self.suggestion = suggestion

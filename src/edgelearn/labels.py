@@ -49,3 +49,12 @@ def _label_problem(text: str) -> str | None:
         if part.strip() in (".", ".."):
             return f"{part.strip()!r} is not a name"
     return None
+
+
+def label_key(label: str) -> str:
+    """What two class names share when a person means the same class: case, spaces, '_' and '-' aside.
+
+    >>> label_key("Gas Pump") == label_key("gas_pump")
+    True
+    """
+    return "".join(ch for ch in label.casefold() if not (ch.isspace() or ch in "_-"))

@@ -182,6 +182,23 @@ class Recognizer:
         self.learner.consolidate(**kwargs)
         return self
 
+    def rename_class(self, name: str, to: str) -> "Recognizer":
+        """Call class ``name`` ``to`` from now on (``to`` must be new: merge otherwise)."""
+        self.learner.rename_class(name, check_label(to))
+        self.examples_seen[to] = self.examples_seen.pop(name, 0)
+        return self
+
+    def merge_classes(self, name: str, into: str) -> "Recognizer":
+        """Every example of ``name`` becomes one of ``into``; ``name`` is gone."""
+        self.learner.merge_classes(name, into)
+        self.examples_seen[into] += self.examples_seen.pop(name, 0)
+        return self
+
+    def forget_class(self, name: str) -> "Recognizer":
+        self.learner.forget_class(name)
+        self.examples_seen.pop(name, None)
+        return self
+
     @property
     def classes(self) -> list[str]:
         return list(getattr(self.learner, "classes_", []))

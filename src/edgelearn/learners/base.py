@@ -13,7 +13,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from edgelearn.errors import IncompatibleError, ModelFileError, NotFittedError
+from edgelearn.errors import (
+    ConflictError,
+    IncompatibleError,
+    ModelFileError,
+    NotFittedError,
+    NotFoundError,
+    ParameterError,
+)
 
 Label = str | int
 MAX_TEXT = 200
@@ -319,3 +326,59 @@ class Learner:
 
     def _logits(self, X: np.ndarray) -> np.ndarray:
         return self._scores(X)
+
+    # -- class operations (a worker's rename, merge, delete) ------------------------------------------
+    def rename_class(self, old: Label, new: Label) -> "Learner":
+        """Call class ``old`` ``new`` from now on (in place); ``new`` must not exist (merge instead)."""
+        c = self._class_index(old)
+        if new in self.classes_:
+            raise ConflictError(f"there is already a class {new!r}: merge the two classes instead")
+        self.classes_[c] = new
+        self._index = None
+        return self
+
+    def merge_classes(self, source: Label, into: Label) -> "Learner":
+        """Make every example of ``source`` one of ``into`` and drop ``source`` (in place). Learners of
+        sufficient statistics (NCM, SLDA) end exactly where training with the merged labels would."""
+        s, t = self._class_index(source), self._class_index(into)
+        if s == t:
+            raise ParameterError(f"cannot merge class {source!r} into itself")
+        self._sync()
+        self._merge_class(s, t)
+        return self._drop_class(s)
+
+    def forget_class(self, name: Label) -> "Learner":
+        """Drop class ``name`` and what was learned from its examples (in place); the last class
+        forgotten leaves a learner that has learned nothing."""
+        c = self._class_index(name)
+        self._sync()
+        if len(self.classes_) == 1:
+            for attr in (*self._arrays, "classes_", "n_features_in_", "_index"):
+                self.__dict__.pop(attr, None)
+            return self
+        self._forget_class(c)
+        return self._drop_class(c)
+
+    def _class_index(self, label: Label) -> int:
+        if label not in getattr(self, "classes_", []):
+            raise NotFoundError(f"there is no class {label!r}")
+        return self.classes_.index(label)
+
+    def _drop_class(self, c: int) -> "Learner":
+        del self.classes_[c]
+        self._remove_class(c)
+        self._index = None
+        self._invalidate()
+        return self
+
+    def _merge_class(self, s: int, t: int) -> None:
+        """Fold class ``s``'s learned state into class ``t``'s (``s`` is removed afterwards)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot merge classes")
+
+    def _forget_class(self, c: int) -> None:
+        """Take class ``c``'s share out of state other classes share (before ``c`` is removed)."""
+
+    def _remove_class(self, c: int) -> None:
+        """Delete index ``c`` from the per-class arrays (indices above it move down by one)."""
+        for name in self._arrays:
+            setattr(self, name, np.delete(getattr(self, name), c, axis=0))

@@ -244,6 +244,18 @@ class FuzzyArtmap(Learner):
         return len(self.weights_) if hasattr(self, "weights_") else 0
 
 
+    def _merge_class(self, s: int, t: int) -> None:
+        """The source's representations (hyperboxes) now answer for ``t``."""
+        self.category_class_[self.category_class_ == s] = t
+
+    def _forget_class(self, c: int) -> None:
+        keep = self.category_class_ != c
+        self.weights_, self.category_class_ = self.weights_[keep], self.category_class_[keep]
+        self.category_count_ = self.category_count_[keep]
+
+    def _remove_class(self, c: int) -> None:
+        self.category_class_[self.category_class_ > c] -= 1
+
 def fuzzy_and_sums(W: np.ndarray, I: np.ndarray, block_bytes: int = 256 * 1024) -> np.ndarray:
     """``|I_i ^ W_j|`` for every input row i and representation j: ``(n, 2d), (m, 2d) -> (n, m)``.
 

@@ -123,3 +123,6 @@ class NearestClassMean(Learner):
         if self.metric == "cosine":
             return normalized_gradient(X, M) / self._scale()
         return (M - 2 * X) / self._scale()  # d/dx of 2 x.m - |m|^2 - |x|^2
+
+    def _merge_class(self, s: int, t: int) -> None:
+        self._combine(t, self.counts_[s], self.means_[s].copy(), self.m2_[s])

@@ -174,6 +174,22 @@ class StreamingLDA(Learner):
         return (self._prepare(X).astype(np.float32) @ W.T + b).astype(np.float64)
 
 
+    def _merge_class(self, s: int, t: int) -> None:
+        """Chan's combination: the shared scatter gains the between-class term of the two means."""
+        self._combine(np.array([t]), self.counts_[[s]], self.means_[[s]])
+
+    def _forget_class(self, c: int) -> None:
+        """The shared scatter is a sum over all classes: a class's share cannot be taken out of it. It is
+        kept as an estimate of the within-class spread, rescaled to the remaining examples, so the covariance
+        (and every other class's logits) stays as learned; replaying the examples without the class (what a
+        station's undo does) is exact."""
+        self._flush()
+        total = self.counts_.sum()
+        self.scatter_ *= (total - self.counts_[c]) / total if total > 0 else 0.0
+
+    def _remove_class(self, c: int) -> None:
+        self.counts_, self.means_ = np.delete(self.counts_, c), np.delete(self.means_, c, axis=0)
+
 def solve_spd(A: np.ndarray, B: np.ndarray, max_steps: int = 4) -> np.ndarray:
     """``inv(A) @ B`` for a symmetric positive definite ``A`` (a shrunk covariance) to float64
     accuracy in about half the time of ``np.linalg.solve``: a float32 Cholesky factor, then

@@ -17,7 +17,15 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from edgelearn import __version__
-from edgelearn.errors import BusyError, ConflictError, EdgelearnError, GoneError, NotFoundError, TooLargeError
+from edgelearn.errors import (
+    BusyError,
+    ConflictError,
+    EdgelearnError,
+    GoneError,
+    NearDuplicateError,
+    NotFoundError,
+    TooLargeError,
+)
 from edgelearn.server.guard import Guard, Tokens, served_names
 from edgelearn.server.idempotency import IdempotencyKeys
 from edgelearn.server.limits import DecodeSlots, Limits
@@ -43,6 +51,7 @@ def create_app(station: Station | StationConfig, token: str, *, max_upload_bytes
     limits = limits or Limits()
     app = FastAPI(title="edgelearn station", version=__version__, description=DESCRIPTION, lifespan=_lifespan,
                   exception_handlers={EdgelearnError: _user_error, ConflictError: _conflict, GoneError: _gone,
+                                      NearDuplicateError: _near_duplicate,
                                       TooLargeError: _too_large, BusyError: _busy})
     app.state.station_config = station if isinstance(station, StationConfig) else None
     if isinstance(station, Station):
@@ -80,6 +89,10 @@ async def _user_error(request: Request, exc: Exception):
 
 async def _conflict(request: Request, exc: Exception):
     return JSONResponse({"detail": str(exc)}, 409)
+
+
+async def _near_duplicate(request: Request, exc: NearDuplicateError):
+    return JSONResponse({"detail": str(exc), "suggestion": exc.suggestion}, 409)
 
 
 async def _gone(request: Request, exc: Exception):

@@ -7,6 +7,7 @@ The learner is never saved by itself: on start it is rebuilt as ``active version
 """
 
 import base64
+import hashlib
 import io
 import itertools
 import os
@@ -22,16 +23,19 @@ from threadpoolctl import ThreadpoolController
 
 from edgelearn.backbones import build_backbone
 from edgelearn.data.images import to_rgb
-from edgelearn.errors import EdgelearnError, ImageError, SignatureError
+from edgelearn.errors import ConflictError, EdgelearnError, ImageError, NearDuplicateError, SignatureError
 from edgelearn.explain import HeatMapper, expected_calibration_error, get_similarity, nearest, overlay, png_bytes
 from edgelearn.explain.calibration import OnlineTemperature
 from edgelearn.knowledge import ImportPolicy, TrustStore, merge_packages, parse_package, provenance
-from edgelearn.labels import check_label
+from edgelearn.labels import check_label, label_key
 from edgelearn.recognizer import Recognizer
 from edgelearn.server.batching import Batcher
 from edgelearn.store import Store
 
 THUMBNAIL_SIDE = 160
+CLASS_THUMBNAILS = 4  # per class card
+FEW_EXAMPLES = 5  # a class with fewer gets a hint to teach more
+REPLAYS = ("checkpoint", "undo")  # versions that are exactly their parent + its events (undo looks through them)
 DATA_ENV = "EDGELEARN_DATA"
 
 
@@ -119,7 +123,7 @@ class Station:
                                     runtime=c.runtime)
             self.store.set("created_with", {"backbone": c.backbone, "learner": c.learner,
                                             "input_size": c.input_size})
-            self.store.add_version(rec.to_bytes(), "initial", classes=0, examples=0)
+            self._holds = {self.store.add_version(rec.to_bytes(), "initial", classes=0, examples=0): _summary_of(rec)}
             return rec
         saved = self.store.get("created_with", {})
         backbone = build_backbone(saved.get("backbone", c.backbone), weights=c.weights,
@@ -129,6 +133,7 @@ class Station:
         except EdgelearnError as exc:
             raise type(exc)(f"the station's active knowledge (version {version} in {self.store.path}) fails the "
                             f"checks: {exc}") from None
+        self._holds = {version: _summary_of(rec)}  # what a version holds: the next one's changes are relative to it
         X, labels = self.store.replay(version)
         if labels:
             rec.learn_features(X, labels)
@@ -210,16 +215,17 @@ class Station:
 
     # -- learning -------------------------------------------------------------------------------------
     def learn(self, images: list[Image.Image], labels: list[str], *, kind: str = "teach", user: str | None = None,
-              predicted: list | None = None, confidence: list | None = None) -> dict:
+              predicted: list | None = None, confidence: list | None = None, new_class: bool = False) -> dict:
         """Learn labelled images; returns once the feedback is committed (it survives a crash)."""
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         features, labels, thumbnails = self._embed_pairs(zip(images, labels, strict=True))
         return self._learn_features(features, labels, kind=kind, user=user, predicted=predicted,
-                                    confidence=confidence, images=thumbnails)
+                                    confidence=confidence, images=thumbnails, new_class=new_class)
 
     def learn_stream(self, pairs: Iterable[tuple[Image.Image, str]], *, kind: str = "teach",
-                     user: str | None = None, predicted: str | None = None, confidence: float | None = None) -> dict:
+                     user: str | None = None, predicted: str | None = None, confidence: float | None = None,
+                     new_class: bool = False) -> dict:
         """:meth:`learn` for ``(image, label)`` pairs decoded as they are consumed (an upload's images,
         zip members, video frames), with one ``predicted``/``confidence`` for all: memory stays flat."""
         features, labels, thumbnails = self._embed_pairs(pairs)
@@ -227,7 +233,8 @@ class Station:
             raise ImageError("nothing to learn: the upload holds no images")
         feedback = {"predicted": [predicted] * len(labels), "confidence": [confidence] * len(labels)} \
             if kind != "teach" else {}
-        return self._learn_features(features, labels, kind=kind, user=user, images=thumbnails, **feedback)
+        return self._learn_features(features, labels, kind=kind, user=user, images=thumbnails, new_class=new_class,
+                                    **feedback)
 
     def _embed_pairs(self, pairs: Iterable[tuple[Image.Image, str]], chunk: int = 16):
         """Features, checked labels and (with keep_images) thumbnails, ``chunk`` images at a time: only
@@ -244,8 +251,11 @@ class Station:
         return (np.concatenate(features) if features else np.zeros((0, width), np.float32), labels,
                 thumbnails or None)
 
-    def _learn_features(self, features, labels, *, kind, user, predicted=None, confidence=None, images=None) -> dict:
+    def _learn_features(self, features, labels, *, kind, user, predicted=None, confidence=None, images=None,
+                        new_class=False) -> dict:
         with self._lock:
+            if not new_class:
+                self._refuse_near_duplicates(labels)
             ids = self.store.add_events(kind, labels, features, user=user, predicted=predicted,
                                         confidence=confidence, images=images)
             self._calibrate(features, labels)
@@ -270,7 +280,7 @@ class Station:
             self.rec.temperature = temperature
             self.store.set("temperature", temperature)
 
-    def label_queue(self, item: int, label: str | None, user: str | None = None) -> dict:
+    def label_queue(self, item: int, label: str | None, user: str | None = None, new_class: bool = False) -> dict:
         """A person labels (or, with ``None``, dismisses) a queued prediction. Resolving the item and its
         event are one transaction: of several people labelling one item at once, one teaches it, the
         others get :class:`ConflictError`."""
@@ -281,13 +291,21 @@ class Station:
                 return {}
             features = np.frombuffer(row["features"], np.float32)[None, :]
             return self._learn_features(features, [label], kind="label", user=user, predicted=[row["predicted"]],
-                                        confidence=[row["confidence"]], images=[row["image"]] if row["image"] else None)
+                                        confidence=[row["confidence"]], images=[row["image"]] if row["image"] else None,
+                                        new_class=new_class)
 
     # -- versions -------------------------------------------------------------------------------------
-    def _new_version(self, reason: str, user: str | None, rec: Recognizer | None = None, **kwargs) -> int:
+    def _new_version(self, reason: str, user: str | None, rec: Recognizer | None = None, *,
+                     renamed: dict | None = None, **kwargs) -> int:
+        """Commit ``rec`` (default: the station's) as the new active version, with what changed since the last."""
         rec = self.rec if rec is None else rec
-        return self.store.add_version(rec.to_bytes(), reason, classes=len(rec.classes),
-                                      examples=sum(rec.examples_seen.values()), user=user, **kwargs)
+        parent = self.store.active_version
+        before = self._holds.get(parent) or _summary_of(self.rec)
+        version = self.store.add_version(rec.to_bytes(), reason, classes=len(rec.classes),
+                                         examples=sum(rec.examples_seen.values()), user=user,
+                                         changes=_changes(before, rec, renamed), **kwargs)
+        self._holds = {parent: before, version: _summary_of(rec)}  # a transaction around this may still roll back
+        return version
 
     def consolidate(self, user: str | None = None) -> dict:
         with self._lock:
@@ -301,7 +319,9 @@ class Station:
         with self._lock:  # built and committed before it is swapped in: a failure changes nothing
             rec = self._configured(Recognizer.from_bytes(package, f"version {version}", backbone=self.rec.backbone))
             new = self.store.add_version(package, f"rollback to version {version}", parent=version, user=user,
-                                         classes=len(rec.classes), examples=sum(rec.examples_seen.values()))
+                                         classes=len(rec.classes), examples=sum(rec.examples_seen.values()),
+                                         changes=_changes(_summary_of(self.rec), rec))  # what the worker sees undone
+            self._holds = {new: _summary_of(rec)}
             self._adopt(rec)
         return {"version": new, **self._summary()}
 
@@ -315,10 +335,13 @@ class Station:
         committed as a version, and only then swapped in: a failure changes neither memory nor store."""
         policy = self._import_policy()
         site = provenance(parse_package(data, name, policy=policy)[0])[0].get("site") or "unknown"
+        digest = hashlib.sha256(data).hexdigest()
         with self._lock:  # an empty station adopts the package, whatever its learner kind
+            if (earlier := self.store.merged_version(digest)) is not None:
+                raise ConflictError(f"this package was already merged (version {earlier})")
             package = merge_packages(data, policy=policy, own=self.rec.to_bytes(), names=[name])
             merged = self._configured(Recognizer.from_bytes(package, name, backbone=self.rec.backbone))
-            version = self._new_version(f"merge from {site}", user, merged, site=site)
+            version = self._new_version(f"merge from {site}", user, merged, site=site, source_hash=digest)
             self._adopt(merged)
         self.store.record_site(site)
         return {"version": version, "site": site, **self._summary()}
@@ -330,6 +353,92 @@ class Station:
                                  "put the sites' public keys (<site>.pub, made by `edgelearn keys new SITE`) in a "
                                  "folder and start it with `edgelearn serve --trust FOLDER` (or --allow-unsigned)")
         return ImportPolicy(TrustStore.load(c.trust) if c.trust else None, c.allow_unsigned)
+
+    # -- the worker's class operations and undo: each one an event and a new version ----------------------
+    def classes(self) -> list[dict]:
+        """One card per class: its examples, a few thumbnail ids (with keep_images), and whether it has few."""
+        thumbnails = self.store.thumbnail_ids(CLASS_THUMBNAILS)
+        with self._lock:
+            counts = {c: int(self.rec.examples_seen.get(c, 0)) for c in self.rec.classes}
+        return [{"name": c, "examples": n, "thumbnails": thumbnails.get(c, []), "few": n < FEW_EXAMPLES}
+                for c, n in counts.items()]
+
+    def rename_class(self, name: str, to: str, user: str | None = None) -> dict:
+        to = check_label(to)
+        return self._change_classes("rename", name, to, f"rename {name!r} to {to!r}", user,
+                                    lambda rec: rec.rename_class(name, to), renamed={name: to})
+
+    def merge_classes(self, name: str, into: str, user: str | None = None) -> dict:
+        return self._change_classes("merge", name, into, f"merge {name!r} into {into!r}", user,
+                                    lambda rec: rec.merge_classes(name, into))
+
+    def delete_class(self, name: str, user: str | None = None) -> dict:
+        return self._change_classes("delete", name, None, f"delete {name!r}", user, lambda rec: rec.forget_class(name))
+
+    def _change_classes(self, kind: str, name: str, target: str | None, reason: str, user: str | None, change,
+                        renamed: dict | None = None) -> dict:
+        """Change a copy (which checks everything), commit it as an event and a version, then swap it in:
+        a refused or failed change leaves memory and store as they were."""
+        with self._lock:
+            rec = change(self.rec.copy())
+            with self.store.transaction():
+                self.store.add_operation(kind, name, {"to": target} if target else {}, user=user)
+                version = self._new_version(reason, user, rec, renamed=renamed)
+                self.store.relabel_thumbnails(name, target)
+                self.store.keep_concepts(rec.classes)
+            self._adopt(rec)
+        return {"version": version, "classes": rec.classes}
+
+    def undo(self, user: str | None = None) -> dict:
+        """Take back the last teach, confirm, correct or label request: a compensating event, and a new version
+        rebuilt by replaying the log without that request (exact). Refused past any other change of the knowledge
+        (a rename, merge, delete, import, rollback, consolidation): roll back instead."""
+        with self._lock:
+            chain, last = self._undoable()
+            base = chain[-1]
+            rec = Recognizer.from_bytes(self.store.package(base), f"store version {base}", backbone=self.rec.backbone)
+            replayed = [self.store.replay(v, skip_request=last["request"]) for v in reversed(chain)]
+            X = [x for x, labels in replayed if labels]
+            if X:
+                rec.learn_features(np.concatenate(X), [label for _, labels in replayed for label in labels])
+            if sum(rec.examples_seen.values()) != sum(self.rec.examples_seen.values()) - last["examples"]:
+                raise ConflictError(f"the feedback log no longer holds everything learned since version {base}: "
+                                    "undo is not possible; roll back to an earlier version instead")
+            taken = self.store.request_features(last["request"])
+            label = ", ".join(dict.fromkeys(label for label, _ in taken))
+            undone = {"kind": last["kind"], "label": label, "examples": last["examples"], "user": last["user"]}
+            with self.store.transaction():
+                self.store.add_operation("undo", label, undone, user=user, request=last["request"])
+                version = self._new_version(f"undo {last['kind']} {label!r}", user, rec)
+                for name in dict.fromkeys(label for label, _ in taken):
+                    self.store.relabel_thumbnails(name, None, [f for n, f in taken if n == name])
+                self.store.keep_concepts(rec.classes)
+                if last["kind"] == "label":
+                    self.store.reopen([f for _, f in taken])
+            self._adopt(rec)
+        return {"undone": undone, "version": version, "classes": rec.classes}
+
+    def _undoable(self) -> tuple[list[int], dict]:
+        """The versions from the active one back to the one the last request was learned on (through versions
+        that are only their parent + its events), and that request."""
+        chain = [self.store.active_version]
+        while (last := self.store.last_request(chain[-1])) is None:
+            row = self.store.version(chain[-1])
+            if row["parent"] is None:
+                raise ConflictError("nothing to undo")
+            if not row["reason"].startswith(REPLAYS):
+                raise ConflictError(f"nothing to undo since version {row['id']} ({row['reason']}); roll back to an "
+                                    "earlier version instead")
+            chain.append(row["parent"])
+        return chain, last
+
+    def _refuse_near_duplicates(self, labels: list[str]) -> None:
+        """A new class whose name differs from a known one's only in case or spacing is most likely a typo."""
+        known = {label_key(c): c for c in self.rec.classes}
+        for label in [label for label in dict.fromkeys(labels) if label not in self.rec.classes]:
+            twin = known.setdefault(label_key(label), label)
+            if twin != label:
+                raise NearDuplicateError(twin)
 
     # -- reading --------------------------------------------------------------------------------------
     def _summary(self) -> dict:
@@ -356,6 +465,20 @@ class Station:
     def close(self) -> None:
         self._batcher.close()
         self.store.close()
+
+
+def _summary_of(rec: Recognizer) -> tuple[list[str], int]:
+    return list(rec.classes), sum(rec.examples_seen.values())
+
+
+def _changes(before: tuple[list[str], int], rec: Recognizer, renamed: dict | None = None) -> dict:
+    """What a version changed relative to ``before`` (classes, examples): for the versions list. A rename of a
+    class that ``before`` did not hold yet (taught since) is part of "added"."""
+    classes, examples = before
+    renamed = {old: new for old, new in (renamed or {}).items() if old in classes}
+    return {"added": [c for c in rec.classes if c not in classes and c not in renamed.values()],
+            "removed": [c for c in classes if c not in rec.classes and c not in renamed],
+            "renamed": renamed, "examples": sum(rec.examples_seen.values()) - examples}
 
 
 def thumbnail_bytes(image: Image.Image, side: int = THUMBNAIL_SIDE) -> bytes:

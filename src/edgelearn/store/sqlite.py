@@ -70,9 +70,21 @@ MIGRATIONS = [
                               PRIMARY KEY (key, route, credential));
     CREATE INDEX idempotency_by_time ON idempotency(created_at);
     """,
+    """
+    ALTER TABLE events ADD COLUMN request INTEGER;
+    ALTER TABLE events ADD COLUMN detail TEXT;
+    ALTER TABLE versions ADD COLUMN changes TEXT;
+    ALTER TABLE versions ADD COLUMN source_hash TEXT;
+    CREATE INDEX versions_by_source ON versions(source_hash);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 FEEDBACK_KINDS = ("teach", "confirm", "correct", "label")
+OPERATION_KINDS = ("rename", "merge", "delete", "undo")  # log entries that carry no example
+NO_CHANGES = {"added": [], "removed": [], "renamed": {}, "examples": 0}
+# events replayed on top of a version: feedback, less the requests an undo took back
+REPLAYED = ("kind IN ('teach', 'confirm', 'correct', 'label') AND coalesce(request, id) NOT IN "
+            "(SELECT request FROM events WHERE kind = 'undo' AND request IS NOT NULL)")
 
 
 def now() -> str:
@@ -149,13 +161,17 @@ class Store:
 
     # -- knowledge versions -------------------------------------------------------------------------
     def add_version(self, package: bytes, reason: str, *, classes: int, examples: int,
-                    parent: int | None = None, user: str | None = None, site: str | None = None) -> int:
-        """Store a package as a new version and make it the active one (one transaction)."""
+                    parent: int | None = None, user: str | None = None, site: str | None = None,
+                    changes: dict | None = None, source_hash: str | None = None) -> int:
+        """Store a package as a new version and make it the active one (one transaction). ``changes``: what
+        it changed (classes added, removed, renamed; examples); ``source_hash``: the imported package's."""
         with self._transaction():
             parent = parent if parent is not None else self.get("active_version")
             cur = self._db.execute(
-                "INSERT INTO versions (created_at, reason, parent, user, site, classes, examples, package) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (now(), reason, parent, user, site, classes, examples, package))
+                "INSERT INTO versions (created_at, reason, parent, user, site, classes, examples, package, changes, "
+                "source_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (now(), reason, parent, user, site, classes, examples, package,
+                 json.dumps(changes) if changes else None, source_hash))
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('active_version', ?)", (str(cur.lastrowid),))
             self._prune_versions_and_events()
         return int(cur.lastrowid)
@@ -177,9 +193,26 @@ class Store:
         return self.get("active_version")
 
     def versions(self) -> list[dict]:
-        """All versions, newest first, without their packages."""
-        return self._query("SELECT id, created_at, reason, parent, user, site, classes, examples, "
-                           "length(package) AS bytes, tag, pruned_at FROM versions ORDER BY id DESC")
+        """All versions, newest first, without their packages; ``changes`` relative to the knowledge before."""
+        rows = self._query("SELECT id, created_at, reason, parent, user, site, classes, examples, "
+                           "length(package) AS bytes, tag, pruned_at, changes FROM versions ORDER BY id DESC")
+        return [{**r, "changes": {**NO_CHANGES, **json.loads(r["changes"] or "{}")}} for r in rows]
+
+    def version(self, version: int) -> dict:
+        """One version's row (no package)."""
+        rows = self._query("SELECT id, reason, parent, examples FROM versions WHERE id = ?", (version,))
+        if not rows:
+            raise NotFoundError(f"there is no knowledge version {version}")
+        return rows[0]
+
+    def merged_version(self, source_hash: str) -> int | None:
+        """The version that merged the package with this hash into the active knowledge (following parents
+        back from the active version: a rollback to before the merge forgets it), or None."""
+        rows = self._query("WITH RECURSIVE lineage(id) AS (SELECT ? UNION SELECT v.parent FROM versions v "
+                           "JOIN lineage ON v.id = lineage.id WHERE v.parent IS NOT NULL) "
+                           "SELECT max(id) AS id FROM versions WHERE source_hash = ? AND id IN lineage",
+                           (self.get("active_version"), source_hash))
+        return rows[0]["id"]
 
     def package(self, version: int) -> bytes:
         rows = self._query("SELECT package, pruned_at FROM versions WHERE id = ?", (version,))
@@ -230,6 +263,8 @@ class Store:
                     (now(), user, kind, labels[i], predicted[i], confidence[i], base, feature_hash(vector),
                      vector.tobytes(), images[i]))
                 ids.append(int(cur.lastrowid))
+            if ids:  # one request, one group: what an undo takes back
+                self._db.execute("UPDATE events SET request = ? WHERE id >= ?", (ids[0], ids[0]))
             self._add_concepts(labels)
         self._checkpoint_now_and_then()
         return ids
@@ -242,11 +277,12 @@ class Store:
                 self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 self._last_checkpoint = time.monotonic()
 
-    def replay(self, version: int) -> tuple[np.ndarray, list[str]]:
-        """The features and labels recorded on top of ``version``, in order; an event whose features do not
-        match their stored hash (altered or damaged) raises :class:`StoreError` naming it."""
-        rows = self._query("SELECT id, label, feature_hash, features FROM events WHERE base_version = ? ORDER BY id",
-                           (version,))
+    def replay(self, version: int, skip_request: int | None = None) -> tuple[np.ndarray, list[str]]:
+        """The features and labels recorded on top of ``version``, in order (less undone requests and
+        ``skip_request``); an event whose features do not match their stored hash (altered or damaged) raises
+        :class:`StoreError` naming it."""
+        rows = self._query(f"SELECT id, label, feature_hash, features FROM events WHERE base_version = ? "
+                           f"AND {REPLAYED} AND coalesce(request, id) IS NOT ? ORDER BY id", (version, skip_request))
         for r in rows:
             if feature_hash(np.frombuffer(r["features"], np.float32)) != r["feature_hash"]:
                 raise StoreError(f"{self.path}: event {r['id']} ({r['label']!r}) was altered or damaged: its features "
@@ -257,12 +293,41 @@ class Store:
 
     def events_on(self, version: int) -> int:
         """How many events would be replayed on top of ``version``."""
-        return self._query("SELECT count(*) AS n FROM events WHERE base_version = ?", (version,))[0]["n"]
+        return self._query(f"SELECT count(*) AS n FROM events WHERE base_version = ? AND {REPLAYED}",
+                           (version,))[0]["n"]
+
+    def add_operation(self, kind: str, label: str, detail: dict, *, user: str | None = None,
+                      request: int | None = None) -> int:
+        """Log a class operation or an undo (no example; ``request``: the request an undo takes back)."""
+        if kind not in OPERATION_KINDS:
+            raise ValueError(f"kind must be one of {OPERATION_KINDS}, got {kind!r}")
+        empty = np.zeros(0, np.float32)
+        with self._transaction():
+            cur = self._db.execute(
+                "INSERT INTO events (created_at, user, kind, label, base_version, feature_hash, features, request, "
+                "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (now(), user, kind, label, self.get("active_version"),
+                                                                feature_hash(empty), empty.tobytes(), request,
+                                                                json.dumps(detail)))
+        return int(cur.lastrowid)
+
+    def last_request(self, version: int) -> dict | None:
+        """The newest feedback request replayed on top of ``version``: ``request, kind, label, user, examples``."""
+        rows = self._query(f"SELECT coalesce(request, id) AS request, kind, label, user, count(*) AS examples "
+                           f"FROM events WHERE base_version = ? AND {REPLAYED} GROUP BY coalesce(request, id) "
+                           "ORDER BY request DESC LIMIT 1", (version,))
+        return rows[0] if rows else None
+
+    def request_features(self, request: int) -> list[tuple[str, bytes]]:
+        """``(label, feature bytes)`` of a request's events."""
+        rows = self._query("SELECT label, features FROM events WHERE coalesce(request, id) = ? AND kind IN "
+                           "('teach', 'confirm', 'correct', 'label')", (request,))
+        return [(r["label"], r["features"]) for r in rows]
 
     def events(self, limit: int = 100) -> list[dict]:
-        return self._query("SELECT id, created_at, user, kind, label, predicted, confidence, base_version, "
-                           "feature_hash, image IS NOT NULL AS has_image FROM events ORDER BY id DESC LIMIT ?",
-                           (limit,))
+        rows = self._query("SELECT id, created_at, user, kind, label, predicted, confidence, base_version, "
+                           "feature_hash, image IS NOT NULL AS has_image, request, detail FROM events "
+                           "ORDER BY id DESC LIMIT ?", (limit,))
+        return [{**r, "detail": json.loads(r["detail"]) if r["detail"] else None} for r in rows]
 
     def count(self, table: str) -> int:
         if table not in ("events", "versions", "concepts", "sites", "queue", "thumbnails"):
@@ -286,6 +351,13 @@ class Store:
     def add_concepts(self, labels) -> None:
         with self._transaction():
             self._add_concepts(labels)
+
+    def keep_concepts(self, labels) -> None:
+        """The hierarchy holds exactly ``labels`` and their parents (after a rename, merge, delete or undo)."""
+        paths = {"/".join(label.split("/")[:depth]) for label in labels for depth in range(1, label.count("/") + 2)}
+        with self._transaction():
+            self._add_concepts(labels)
+            self._db.execute(f"DELETE FROM concepts WHERE path NOT IN ({','.join('?' * len(paths))})", sorted(paths))
 
     def concepts(self) -> list[dict]:
         return self._query("SELECT path, parent, created_at FROM concepts ORDER BY path")
@@ -348,6 +420,13 @@ class Store:
             self._prune_queue()
         return row
 
+    def reopen(self, features: list[bytes]) -> None:
+        """Labelled queue items of these features wait for a person again (their label was undone)."""
+        hashes = [feature_hash(np.frombuffer(f, np.float32)) for f in features]
+        with self._transaction():
+            self._db.execute(f"UPDATE queue SET status = 'open', label = NULL, resolved_at = NULL, user = NULL "
+                             f"WHERE status = 'labelled' AND feature_hash IN ({','.join('?' * len(hashes))})", hashes)
+
     # -- thumbnails (opt-in) --------------------------------------------------------------------------
     def add_thumbnail(self, label: str, image: bytes, features: np.ndarray, max_per_class: int) -> int:
         """Keep a thumbnail; beyond ``max_per_class`` drop the most redundant one of the class (the one
@@ -373,6 +452,27 @@ class Store:
             rows = self._query(f"SELECT id, label, features FROM thumbnails WHERE label IN "
                                f"({','.join('?' * len(labels))}) ORDER BY id", labels)
         return [{**r, "features": np.frombuffer(r["features"], np.float32)} for r in rows]
+
+    def thumbnail_ids(self, per_class: int) -> dict[str, list[int]]:
+        """label -> ids of up to ``per_class`` kept thumbnails, oldest first."""
+        out: dict[str, list[int]] = {}
+        for r in self._query("SELECT id, label FROM thumbnails ORDER BY id"):
+            ids = out.setdefault(r["label"], [])
+            if len(ids) < per_class:
+                ids.append(r["id"])
+        return out
+
+    def relabel_thumbnails(self, label: str, to: str | None, features: list[bytes] | None = None) -> None:
+        """Thumbnails of ``label`` (only those of these ``features``, when given) become ``to``'s, or go (None)."""
+        where, args = "label = ?", [label]
+        if features is not None:
+            where += f" AND features IN ({','.join('?' * len(features))})"
+            args += features
+        with self._transaction():
+            if to is None:
+                self._db.execute(f"DELETE FROM thumbnails WHERE {where}", args)
+            else:
+                self._db.execute(f"UPDATE thumbnails SET label = ? WHERE {where}", [to, *args])
 
     def thumbnail(self, item: int) -> bytes:
         rows = self._query("SELECT image FROM thumbnails WHERE id = ?", (item,))

@@ -2,6 +2,6 @@
 
 A new area is a module here with ``router = APIRouter(prefix="/api", tags=[AREA])``, listed in ``ROUTERS``."""
 
-from edgelearn.server.routers import knowledge, learn, queue, recognize, status
+from edgelearn.server.routers import classes, knowledge, learn, queue, recognize, status
 
-ROUTERS = [recognize.router, learn.router, knowledge.router, queue.router, status.router]
+ROUTERS = [recognize.router, learn.router, knowledge.router, queue.router, status.router, classes.router]

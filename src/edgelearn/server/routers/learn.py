@@ -21,7 +21,9 @@ def learn(station: StationDep, user: Writer, limits: LimitsDep, decode_slot: Dec
           kind: Annotated[str, Form(pattern="^(teach|confirm|correct)$")] = "teach",
           predicted: Annotated[str | None, Form(description="What the station had said (feedback).")] = None,
           confidence: Annotated[float | None, Form(ge=0, le=1)] = None,
-          every: Annotated[int, Form(ge=1, le=1000, description="Video: keep every n-th frame.")] = 10) -> dict:
+          every: Annotated[int, Form(ge=1, le=1000, description="Video: keep every n-th frame.")] = 10,
+          new_class: Annotated[bool, Form(description="Create the class even if its name is close to a known "
+                                                      "one's (else 409 'did you mean ...?').")] = False) -> dict:
     """Teach, confirm or correct: returns once the feedback is committed to the store."""
     budget = Budget(limits.request_pixels, limits.request_images)
 
@@ -36,7 +38,7 @@ def learn(station: StationDep, user: Writer, limits: LimitsDep, decode_slot: Dec
                                        max_pixels=limits.image_pixels, budget=budget, fit=fit)
 
     result = station.learn_stream(decode_slot.each(pairs()), kind=kind, user=user, predicted=predicted,
-                                  confidence=confidence)
+                                  confidence=confidence, new_class=new_class)
     return {**result, "learned": len(result["events"])}
 
 

@@ -20,9 +20,10 @@ def queue(station: StationDep,
 
 
 @router.post("/queue/{item}", response_model=LabelAnswer, response_model_exclude_unset=True)
-def label_item(item: int, station: StationDep, user: Writer, label: Annotated[str | None, Form()] = None) -> dict:
+def label_item(item: int, station: StationDep, user: Writer, label: Annotated[str | None, Form()] = None,
+               new_class: Annotated[bool, Form()] = False) -> dict:
     """Label a queued prediction (it is learned), or dismiss it (no label)."""
-    return station.label_queue(item, label or None, user)
+    return station.label_queue(item, label or None, user, new_class=new_class)
 
 
 @router.get("/queue/{item}/image", response_class=Response)
