@@ -74,6 +74,14 @@ def check_photo(page, path):
     return page.locator("#result-label")
 
 
+def screenshot(page, path):
+    """A full-page screenshot for a person to look at: in the test's tmp folder, and in
+    $EDGELEARN_SCREENSHOT_DIR when set."""
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("EDGELEARN_SCREENSHOT_DIR"):
+        page.screenshot(path=os.path.join(os.environ["EDGELEARN_SCREENSHOT_DIR"], path.name), full_page=True)
+
+
 def teach(page, paths, label):
     page.set_input_files("#teach-files", paths)
     playwright.expect(page.locator("#teach-picked")).to_contain_text(f"{len(paths)} file")  # shown before teaching
@@ -175,6 +183,7 @@ def test_teach_with_a_typo_undo_it_rename_merge_and_delete(page, tmp_path):
     page.fill("#teach-label", " RED")
     page.click("#teach")
     playwright.expect(page.locator("#teach-form .ask")).to_contain_text("did you mean 'red'?")
+    screenshot(page, tmp_path / "did-you-mean.png")
     page.click("#teach-form .ask button:has-text(\"Use 'red'\")")
     expect_message(page, r"learned 2 image\(s\) of red")
     playwright.expect(card(page, "red")).to_contain_text("7 examples")
@@ -202,5 +211,115 @@ def test_teach_with_a_typo_undo_it_rename_merge_and_delete(page, tmp_path):
     playwright.expect(page.locator("#class-cards li.card")).to_have_count(0)
     if page.fake.classes:  # the faked endpoints got the contract's fields
         assert [op for op, _ in page.fake.requests if op != "learn"] == ["rename", "merge", "delete"]
-    page.screenshot(path=str(tmp_path / "classes.png"), full_page=True)
+    screenshot(page, tmp_path / "classes.png")
 
+
+
+def tab_to(page, selector, presses=80):
+    """Press Tab until ``selector`` has the focus: fails if the keyboard cannot reach it."""
+    for _ in range(presses):
+        page.keyboard.press("Tab")
+        if page.evaluate("(s) => document.activeElement?.matches(s) ?? false", selector):
+            return
+    raise AssertionError(f"Tab never reaches {selector}")
+
+
+def pick_files_with_keyboard(page, selector, paths):
+    tab_to(page, selector)
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(paths)
+
+
+def test_keyboard_only_teach_and_check(page, tmp_path):
+    learn_requests = []
+    page.on("request", lambda r: learn_requests.append(r) if r.url.endswith("/api/learn") else None)
+    for colour in ("red", "blue"):
+        pick_files_with_keyboard(page, "#teach-files", images(tmp_path, colour, 3))
+        playwright.expect(page.locator("#teach-picked")).to_contain_text(f"3 files chosen: {colour}0.png")
+        tab_to(page, "#teach-label")
+        page.keyboard.type(colour)
+        page.keyboard.press("Enter")  # Enter submits
+        expect_message(page, rf"learned 3 image\(s\) of {colour}")
+    with page.expect_response(lambda r: "/api/predict" in r.url):
+        pick_files_with_keyboard(page, "#photo", images(tmp_path, "blue", 1, start=50))
+    playwright.expect(page.locator("#result-label")).to_have_text("blue")
+
+    tab_to(page, "#confirm")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Space")  # a second press on the same frame teaches nothing more
+    expect_message(page, r"learned: confirmed blue", "result")
+    playwright.expect(page.locator("#confirm")).to_be_disabled()
+    playwright.expect(page.locator("#correct")).to_be_disabled()
+    assert len(learn_requests) == 3
+    tab_to(page, "#undo")  # the rest of the page is reachable too
+    tab_to(page, "#class-cards button")
+    tab_to(page, "#import-file")
+
+
+def test_phone_width_has_no_sideways_scrolling(tmp_path):
+    with station_page(tmp_path, width=390, height=844) as page:
+        teach(page, images(tmp_path, "red", 3), "a rather long class name for a part")
+        teach(page, images(tmp_path, "blue", 3), "blue")
+        playwright.expect(check_photo(page, images(tmp_path, "blue", 1, start=50)[0])).to_have_text("blue")
+        page.click("#consolidate")
+        expect_message(page, r"consolidated: version 2", "knowledge")
+        page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        playwright.expect(page.locator("#confirm")).to_be_in_viewport()  # the result bar stays on screen
+        playwright.expect(page.locator("#bar-result")).to_contain_text("blue")
+        small = page.evaluate("""() => [...document.querySelectorAll(
+                'button, .file, a.button, input:not([type=checkbox]), select')]
+            .filter((e) => e.offsetParent !== null && e.getBoundingClientRect().height < 44)
+            .map((e) => e.id || e.textContent)""")
+        assert small == []  # touch targets of at least 44 px
+        when = page.locator("#versions tbody tr").first.locator("td").nth(1)
+        created = page.server.client.get("/api/versions").json()["versions"][0]["created_at"]
+        playwright.expect(when).to_have_text(page.evaluate("(iso) => new Date(iso).toLocaleString()", created))
+        screenshot(page, tmp_path / "phone.png")
+
+
+UNKNOWN = {"label": None, "confidence": 0.43, "alternatives": [{"label": "red", "confidence": 0.43}],
+           "known_classes": 2, "unknown": True, "familiarity": 0.1, "representatives": [], "heatmap": None}
+
+
+def test_unknown_parts_and_the_labelling_queue(tmp_path):
+    with station_page(tmp_path, args=("--keep-images", "--queue-below", "2")) as page:
+        def not_calibrated(route):  # what a station taught 2 x 3 images reports (contract: /api/status)
+            body = route.fetch().json()
+            route.fulfill(json={**body, "calibration": {"n": 6, "needed": 20, "calibrated": False}})
+
+        page.route("**/api/status", not_calibrated)
+        teach(page, images(tmp_path, "red", 3), "red")
+        teach(page, images(tmp_path, "blue", 3), "blue")
+
+        # an unknown part: the closest class with its probability, and an honest word on certainty
+        page.route("**/api/predict*", lambda route: route.fulfill(json=UNKNOWN))
+        check_photo(page, images(tmp_path, "green", 1, start=60)[0])
+        playwright.expect(page.locator("#decision p").first).to_have_text("unknown — closest: red 43 %")
+        playwright.expect(page.locator("#calibration")).to_have_text("certainty not calibrated yet (6/20)")
+        playwright.expect(page.locator("#confirm")).to_be_disabled()
+        page.unroute("**/api/predict*")
+        page.click("#alternatives button[data-label='red']")  # a next-best class: corrected in one click
+        expect_message(page, r"learned: this is red", "result")
+        playwright.expect(page.locator("#alternatives button").first).to_be_disabled()  # once per frame
+
+        # the queue fills by itself, with the suggestion filled in
+        check_photo(page, images(tmp_path, "green", 1, start=61)[0])
+        item = page.locator("#queue li.queue-item").first
+        playwright.expect(item).to_be_visible(timeout=20_000)
+        suggested = item.get_by_label("class").input_value()
+        assert suggested in ("red", "blue")
+        assert item.locator("img").bounding_box()["height"] >= 150  # a large image
+        item.get_by_label("class").fill("")
+        item.get_by_role("button", name="Learn").click()  # an empty label is a mistake, not a dismissal
+        playwright.expect(item.locator(".message")).to_have_text("type the class first (or press Dismiss)")
+        item.focus()
+        page.keyboard.press("2")  # number keys: the top classes
+        playwright.expect(item.get_by_label("class")).to_have_value({"red": "blue", "blue": "red"}[suggested])
+        item.get_by_label("class").fill("green")
+        item.get_by_label("class").press("Enter")
+        expect_message(page, r"learned green", "queue")
+        playwright.expect(page.locator("#status")).to_contain_text("3 classes")
+        playwright.expect(page.locator("#queue li.queue-item")).to_have_count(0)
+        screenshot(page, tmp_path / "queue.png")

@@ -488,7 +488,7 @@ function versionRow(v, active) {
 }
 
 // -- the labelling queue ------------------------------------------------------------------------------
-let queueShown = "";  // the ids on screen: an unchanged queue keeps what the worker is typing
+let queueShown = null;  // the ids on screen: an unchanged queue keeps what the worker is typing
 
 async function refreshQueue() {
   const { items } = await api("/api/queue?limit=20");
