@@ -120,6 +120,7 @@ def test_teach_correct_consolidate_roll_back_and_live_camera(page, tmp_path):
     page.click("#versions button.rollback[data-version='2']")
     page.click("#knowledge .ask button:has-text('Roll back to 2')")  # it asks first
     expect_message(page, r"rolled back to version 2", "knowledge")
+    playwright.expect(page.locator("#result-label")).not_to_have_text("green")  # the decision is asked again
     playwright.expect(page.locator("#status")).to_contain_text("2 classes")
     playwright.expect(check_photo(page, images(tmp_path, "green", 1, start=80)[0])).not_to_have_text("green")
 
@@ -259,6 +260,15 @@ def test_keyboard_only_teach_and_check(page, tmp_path):
 
 def test_phone_width_has_no_sideways_scrolling(tmp_path):
     with station_page(tmp_path, width=390, height=844) as page:
+        def with_changes(route):  # what a version row carries (contract: GET /api/versions)
+            body = route.fetch().json()
+            changes = {"added": ["blue"], "removed": [], "renamed": {"bolt": "bolt M8"}, "examples": 3}
+            for v in body["versions"]:
+                v.setdefault("changes", changes)
+                v["site"] = v.get("site") or "plant-2"
+            route.fulfill(json=body)
+
+        page.route("**/api/versions", with_changes)
         teach(page, images(tmp_path, "red", 3), "a rather long class name for a part")
         teach(page, images(tmp_path, "blue", 3), "blue")
         playwright.expect(check_photo(page, images(tmp_path, "blue", 1, start=50)[0])).to_have_text("blue")
@@ -273,7 +283,11 @@ def test_phone_width_has_no_sideways_scrolling(tmp_path):
             .filter((e) => e.offsetParent !== null && e.getBoundingClientRect().height < 44)
             .map((e) => e.id || e.textContent)""")
         assert small == []  # touch targets of at least 44 px
-        when = page.locator("#versions tbody tr").first.locator("td").nth(1)
+        cells = page.locator("#versions tbody tr").first.locator("td")
+        playwright.expect(cells.nth(2)).to_have_text("consolidate by e2e from plant-2")
+        if "changes" not in page.server.client.get("/api/versions").json()["versions"][0]:
+            playwright.expect(cells.nth(3)).to_have_text("added blue; renamed bolt → bolt M8; +3 examples")
+        when = cells.nth(1)
         created = page.server.client.get("/api/versions").json()["versions"][0]["created_at"]
         playwright.expect(when).to_have_text(page.evaluate("(iso) => new Date(iso).toLocaleString()", created))
         screenshot(page, tmp_path / "phone.png")

@@ -452,7 +452,7 @@ $("export").addEventListener("click", async (e) => {
 });
 
 async function rollback(near, version) {
-  const question = `Go back to version ${version}? What was learned after it stays in the list of versions.`;
+  const question = `Go back to version ${version}? The station forgets what it learned after that version.`;
   if (await ask(near, question, [`Roll back to ${version}`]) !== 0) return;
   try {
     const r = await api(`/api/versions/${version}/rollback`, { method: "POST" });
