@@ -128,7 +128,9 @@ async function predict(blob, { enqueue = true } = {}) {
   const response = await fetch(`/api/predict?top_k=5&heatmap=${heat}&representatives=1&enqueue=${enqueue}`,
                                { method: "POST", body: blob, headers: authorised({ "Content-Type": blob.type || "image/jpeg" }) });
   const p = await response.json().catch(() => ({}));
-  if (!response.ok) throw new ApiError(plainWords(p.detail || response.statusText, response.status), response.status, p);
+  if (!response.ok) {
+    throw new ApiError(plainWords(p.detail || response.statusText, response.status), response.status, p);
+  }
   lastImage = blob;
   lastPrediction = p;
   show(p);
@@ -139,17 +141,18 @@ const isUnknown = (p) => p.unknown ?? (p.label === null && p.known_classes > 0);
 
 function show(p) {
   const closest = p.alternatives[0];
+  const nearest = closest ? `— closest: ${closest.label} ${Math.round(100 * closest.confidence)} %` : "";
   if (!p.known_classes) $("result-label").textContent = "nothing learned yet";
   else $("result-label").textContent = isUnknown(p) ? "unknown" : p.label;
   if (!p.known_classes) $("confidence").textContent = "";
-  else if (isUnknown(p)) $("confidence").textContent = closest ? `— closest: ${closest.label} ${Math.round(100 * closest.confidence)} %` : "";
-  else $("confidence").textContent = pct(p.confidence);
+  else $("confidence").textContent = isUnknown(p) ? nearest : pct(p.confidence);
   $("confidence-bar").value = p.confidence;
   $("bar-result").textContent = `${$("result-label").textContent} ${$("confidence").textContent}`;
   showCalibration();
   $("alternatives-hint").hidden = !p.alternatives.length;
   $("alternatives").replaceChildren(...p.alternatives.map((a) => {
-    const b = element("button", { type: "button", className: "alternative", textContent: `${a.label} ${pct(a.confidence)}` });
+    const b = element("button", { type: "button", className: "alternative",
+                                  textContent: `${a.label} ${pct(a.confidence)}` });
     b.dataset.label = a.label;
     b.addEventListener("click", () => correctTo(a.label, $("correct")));
     return element("li", {}, b);
@@ -239,7 +242,8 @@ function startLive() {
   liveTimer = setInterval(async () => {
     if (!$("live").checked || busy || pending || !$("camera").videoWidth) return;
     busy = true;
-    try { await predict(await grab()); } catch (err) { say(err.message, true, $("camera-start")); } finally { busy = false; }
+    try { await predict(await grab()); } catch (err) { say(err.message, true, $("camera-start")); }
+    finally { busy = false; }
   }, 500);
 }
 $("live").addEventListener("change", () => { if ($("live").checked) startLive(); });
@@ -316,8 +320,9 @@ function showPicked() {
     img.addEventListener("load", () => URL.revokeObjectURL(url), { once: true });
     return img;
   });
-  $("teach-picked").replaceChildren(files.length ? `${plural(files.length, "file")} chosen: ${names}` : "nothing chosen yet",
-                                    ...(thumbs.length ? [element("div", { className: "thumbs" }, ...thumbs)] : []));
+  const summary = files.length ? `${plural(files.length, "file")} chosen: ${names}` : "nothing chosen yet";
+  const strip = thumbs.length ? [element("div", { className: "thumbs" }, ...thumbs)] : [];
+  $("teach-picked").replaceChildren(summary, ...strip);
 }
 $("teach-files").addEventListener("change", showPicked);
 
@@ -341,7 +346,8 @@ $("undo").addEventListener("click", async () => {
   const near = $("undo");
   try {
     const { undone: u } = await api("/api/undo", { method: "POST" });
-    say(`undone: ${plural(u.examples, "example")} of ${u.label} (${u.kind}${u.user ? " by " + u.user : ""})`, false, near);
+    const who = u.user ? ` by ${u.user}` : "";
+    say(`undone: ${plural(u.examples, "example")} of ${u.label} (${u.kind}${who})`, false, near);
     usedFor = null;  // that frame's feedback may be given again
     await refresh();
     await refreshDecision();
@@ -367,8 +373,10 @@ function classCard(c) {
       return img;
     })));
   }
-  if (c.few) card.append(element("p", { className: "hint", textContent: "few examples: teach at least 5 to recognise it well" }));
-  const buttons = [["Rename", renameClass], ["Merge into…", mergeClass], ["Delete", deleteClass]].map(([text, action]) => {
+  const hint = "few examples: teach at least 5 to recognise it well";
+  if (c.few) card.append(element("p", { className: "hint", textContent: hint }));
+  const actions = [["Rename", renameClass], ["Merge into…", mergeClass], ["Delete", deleteClass]];
+  const buttons = actions.map(([text, action]) => {
     const b = element("button", { type: "button", textContent: text });
     b.addEventListener("click", () => action(b, c));
     return b;
@@ -403,7 +411,8 @@ async function renameClass(near, c) {
 async function mergeClass(near, c) {
   const others = classInfo.filter((o) => o.name !== c.name);
   if (!others.length) { say("there is no other class to merge into", true, near); return; }
-  const select = labelled("into", element("select", {}, ...others.map((o) => element("option", { value: o.name, textContent: o.name }))));
+  const options = others.map((o) => element("option", { value: o.name, textContent: o.name }));
+  const select = labelled("into", element("select", {}, ...options));
   const examples = c.examples === null ? "the examples" : `all ${plural(c.examples, "example")}`;
   if (await ask(near, `Merge ${examples} of ${c.name}`, ["Merge"], select) !== 0) return;
   const into = select.field.value;
@@ -425,8 +434,10 @@ function showClasses(classes) {
 // -- knowledge ----------------------------------------------------------------------------------------
 $("consolidate").addEventListener("click", async () => {
   const near = $("consolidate");
-  try { const r = await api("/api/consolidate", { method: "POST" }); say(`consolidated: version ${r.version}`, false, near); }
-  catch (err) { say(err.message, true, near); }
+  try {
+    const r = await api("/api/consolidate", { method: "POST" });
+    say(`consolidated: version ${r.version}`, false, near);
+  } catch (err) { say(err.message, true, near); }
   await refresh();
 });
 
@@ -435,8 +446,10 @@ $("import-file").addEventListener("change", async (e) => {
   if (!file) return;
   const form = new FormData();
   form.append("package", file, file.name);
-  try { const r = await api("/api/knowledge", { method: "POST", form }); say(`merged knowledge from ${r.site}`, false, e.target); }
-  catch (err) { say(err.message, true, e.target); }
+  try {
+    const r = await api("/api/knowledge", { method: "POST", form });
+    say(`merged knowledge from ${r.site}`, false, e.target);
+  } catch (err) { say(err.message, true, e.target); }
   e.target.value = "";
   await refresh();
 });
@@ -477,9 +490,9 @@ function changesText(c) {
 function versionRow(v, active) {
   const what = v.reason + (v.user ? ` by ${v.user}` : "") + (v.site ? ` from ${v.site}` : "");
   const tr = element("tr", { className: v.id === active ? "active" : "" });
-  for (const text of [v.id === active ? `${v.id} (now)` : v.id, localTime(v.created_at), what, changesText(v.changes), v.classes]) {
-    tr.append(element("td", { textContent: text }));
-  }
+  const id = v.id === active ? `${v.id} (now)` : v.id;
+  const cells = [id, localTime(v.created_at), what, changesText(v.changes), v.classes];
+  tr.append(...cells.map((text) => element("td", { textContent: text })));
   const b = element("button", { type: "button", textContent: "roll back", className: "rollback" });
   b.dataset.version = v.id;
   b.addEventListener("click", () => rollback(b, v.id));
@@ -522,7 +535,10 @@ function queueItem(item) {
   const top = topClasses(item);
   const keys = element("p", { className: "keys", textContent: top.map((name, i) => `${i + 1} ${name}`).join(" · ") });
   li.append(form, keys, element("p", { className: "message", role: "status" }));
-  form.addEventListener("submit", (e) => { e.preventDefault(); labelQueued(item, input.field.value.trim(), learnButton); });
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    labelQueued(item, input.field.value.trim(), learnButton);
+  });
   dismiss.addEventListener("click", () => dismissQueued(item, dismiss));
   li.addEventListener("keydown", (e) => {  // number keys pick a top class (not while typing a name)
     const n = Number(e.key);
@@ -537,7 +553,8 @@ function queueItem(item) {
 async function labelQueued(item, label, near) {
   if (!label) { say("type the class first (or press Dismiss)", true, near); return; }
   try {
-    const send = (l, isNew) => api(`/api/queue/${item.id}`, { method: "POST", form: formOf({ label: l, new_class: newClass(isNew) }) });
+    const send = (l, isNew) => api(`/api/queue/${item.id}`,
+                                   { method: "POST", form: formOf({ label: l, new_class: newClass(isNew) }) });
     const r = await withSuggestion(near, label, send);
     if (!r) return;
     say(`learned ${r.label}`, false, $("queue"));
@@ -546,8 +563,11 @@ async function labelQueued(item, label, near) {
 }
 
 async function dismissQueued(item, near) {
-  try { await api(`/api/queue/${item.id}`, { method: "POST", form: new FormData() }); say("dismissed", false, $("queue")); await refreshQueue(); }
-  catch (err) { say(err.message, true, near); }
+  try {
+    await api(`/api/queue/${item.id}`, { method: "POST", form: new FormData() });
+    say("dismissed", false, $("queue"));
+    await refreshQueue();
+  } catch (err) { say(err.message, true, near); }
 }
 
 // -- state --------------------------------------------------------------------------------------------
