@@ -1,11 +1,13 @@
 """The station's web page in a real headless Chromium (Python Playwright driving Debian's chromium)."""
 
+import contextlib
 import os
 import re
 import shutil
 
 import pytest
 
+from tests.e2e.contract_fake import ContractFake
 from tests.integration.server import TOKEN, Server
 from tests.unit.test_station import png
 
@@ -17,15 +19,17 @@ if CHROMIUM is None:
     pytest.skip("no chromium on this machine (apt-get install chromium)", allow_module_level=True)
 
 
-@pytest.fixture
-def page(tmp_path):
-    server = Server(tmp_path / "data", "--keep-images")
+@contextlib.contextmanager
+def station_page(tmp_path, width=1280, height=1000, args=("--keep-images",)):
+    """A station and the page on it, token and name entered; missing issue-18 endpoints faked in the browser."""
+    server = Server(tmp_path / "data", *args)
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])  # a synthetic camera
-        context = browser.new_context(viewport={"width": 1280, "height": 1000})
+        context = browser.new_context(viewport={"width": width, "height": height})
         context.grant_permissions(["camera"])
         pg = context.new_page()
+        pg.server, pg.fake = server, ContractFake(server).install(pg)
         pg.console_errors = []
         pg.on("console", lambda m: pg.console_errors.append(m.text) if m.type == "error" else None)
         pg.goto(server.url)
@@ -33,9 +37,17 @@ def page(tmp_path):
         pg.dispatch_event("#token", "change")
         pg.fill("#user", "e2e")
         pg.dispatch_event("#user", "change")
+        try:
+            yield pg
+        finally:
+            browser.close()
+            server.stop()
+
+
+@pytest.fixture
+def page(tmp_path):
+    with station_page(tmp_path) as pg:
         yield pg
-        browser.close()
-    server.stop()
 
 
 def images(tmp_path, colour, n, start=0):
@@ -47,8 +59,13 @@ def images(tmp_path, colour, n, start=0):
     return paths
 
 
-def expect_message(page, pattern):
-    playwright.expect(page.locator("#message")).to_have_text(re.compile(pattern), timeout=30_000)
+MESSAGES = {"teach": "#teach-form > .message", "result": "#result-bar > .message", "knowledge": "#knowledge > .message",
+            "classes": "#classes-panel > .message", "queue": "#queue-panel > .message", "top": "#message"}
+
+
+def expect_message(page, pattern, where="teach"):
+    """The message next to the control that caused it (``where``: a key of MESSAGES or a selector)."""
+    playwright.expect(page.locator(MESSAGES.get(where, where))).to_have_text(re.compile(pattern), timeout=30_000)
 
 
 def check_photo(page, path):
@@ -57,8 +74,17 @@ def check_photo(page, path):
     return page.locator("#result-label")
 
 
+def screenshot(page, path):
+    """A full-page screenshot for a person to look at: in the test's tmp folder, and in
+    $EDGELEARN_SCREENSHOT_DIR when set."""
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("EDGELEARN_SCREENSHOT_DIR"):
+        page.screenshot(path=os.path.join(os.environ["EDGELEARN_SCREENSHOT_DIR"], path.name), full_page=True)
+
+
 def teach(page, paths, label):
     page.set_input_files("#teach-files", paths)
+    playwright.expect(page.locator("#teach-picked")).to_contain_text(f"{len(paths)} file")  # shown before teaching
     page.fill("#teach-label", label)
     page.click("#teach")
     expect_message(page, rf"learned {len(paths)} image")
@@ -73,7 +99,7 @@ def test_teach_correct_consolidate_roll_back_and_live_camera(page, tmp_path):
     playwright.expect(page.locator("#heatmap")).to_be_visible()
 
     page.click("#consolidate")
-    expect_message(page, r"consolidated: version 2")
+    expect_message(page, r"consolidated: version 2", "knowledge")
 
     # a part it has never seen: predicted as something else, corrected with a new name
     first_green = images(tmp_path, "green", 1, start=60)[0]
@@ -81,18 +107,20 @@ def test_teach_correct_consolidate_roll_back_and_live_camera(page, tmp_path):
     playwright.expect(result).not_to_have_text("green")
     page.fill("#correct-label", "green")
     page.click("#correct")
-    expect_message(page, r"learned: this is green")
+    expect_message(page, r"learned: this is green", "result")
     playwright.expect(page.locator("#result-label")).to_have_text("green")  # re-checked after learning
     playwright.expect(check_photo(page, images(tmp_path, "green", 1, start=70)[0])).to_have_text("green")
     page.click("#confirm")
-    expect_message(page, r"learned: confirmed green")
+    expect_message(page, r"learned: confirmed green", "result")
     playwright.expect(page.locator("#status")).to_contain_text("3 classes")
     page.click("#consolidate")
-    expect_message(page, r"consolidated: version 3")
+    expect_message(page, r"consolidated: version 3", "knowledge")
 
     # roll back to the version before green: it is forgotten
     page.click("#versions button.rollback[data-version='2']")
-    expect_message(page, r"rolled back to version 2")
+    page.click("#knowledge .ask button:has-text('Roll back to 2')")  # it asks first
+    expect_message(page, r"rolled back to version 2", "knowledge")
+    playwright.expect(page.locator("#result-label")).not_to_have_text("green")  # the decision is asked again
     playwright.expect(page.locator("#status")).to_contain_text("2 classes")
     playwright.expect(check_photo(page, images(tmp_path, "green", 1, start=80)[0])).not_to_have_text("green")
 
@@ -121,5 +149,191 @@ def test_writes_without_the_token_show_the_reason(page, tmp_path):
     page.set_input_files("#teach-files", images(tmp_path, "red", 1))
     page.fill("#teach-label", "red")
     page.click("#teach")
-    expect_message(page, r"needs the station's token")
-    playwright.expect(page.locator("#message")).to_have_class("error")
+    expect_message(page, r"needs the station's token: enter it at the top of the page$")  # no developer words
+    playwright.expect(page.locator(MESSAGES["teach"])).to_have_class(re.compile(r"\berror\b"))
+    playwright.expect(page.locator("#token-state")).to_have_text("no token: you can look, not teach")
+
+
+def test_entering_the_token_says_whether_it_works(page):
+    playwright.expect(page.locator("#token-state")).to_have_text("token OK: you can teach")
+    page.fill("#token", "not-the-token-0123456789")
+    page.press("#token", "Enter")
+    playwright.expect(page.locator("#token-state")).to_have_text("this token is not accepted: check it")
+
+
+def card(page, name):
+    return page.locator(f"#class-cards li.card[data-name='{name}']")
+
+
+def test_teach_with_a_typo_undo_it_rename_merge_and_delete(page, tmp_path):
+    teach(page, images(tmp_path, "red", 5), "red")
+    teach(page, images(tmp_path, "blue", 3), "blue")
+    playwright.expect(card(page, "red")).to_contain_text("5 examples")
+    playwright.expect(card(page, "blue").locator(".hint")).to_contain_text("few examples")
+    playwright.expect(card(page, "red").locator(".hint")).to_have_count(0)
+
+    # a typo: undone
+    teach(page, images(tmp_path, "green", 2), "gren")
+    playwright.expect(card(page, "gren")).to_be_visible()
+    page.click("#undo")
+    expect_message(page, r"undone: 2 examples of gren")
+    playwright.expect(card(page, "gren")).to_have_count(0)
+
+    # a near-duplicate name: the page asks; the worker takes the suggestion
+    page.set_input_files("#teach-files", images(tmp_path, "red", 2, start=10))
+    page.fill("#teach-label", " RED")
+    page.click("#teach")
+    playwright.expect(page.locator("#teach-form .ask")).to_contain_text("did you mean 'red'?")
+    screenshot(page, tmp_path / "did-you-mean.png")
+    page.click("#teach-form .ask button:has-text(\"Use 'red'\")")
+    expect_message(page, r"learned 2 image\(s\) of red")
+    playwright.expect(card(page, "red")).to_contain_text("7 examples")
+    playwright.expect(card(page, "RED")).to_have_count(0)
+
+    # rename blue -> navy (asked, with a real label), merge navy into red, delete red: each asks first
+    card(page, "blue").get_by_role("button", name="Rename").click()
+    page.get_by_label("new name").fill("navy")
+    page.get_by_label("new name").press("Enter")
+    expect_message(page, r"renamed blue to navy", "classes")
+    playwright.expect(card(page, "navy")).to_contain_text("3 examples")
+
+    card(page, "navy").get_by_role("button", name="Merge into…").click()
+    page.get_by_label("into").select_option("red")
+    page.get_by_role("button", name="Merge", exact=True).click()
+    expect_message(page, r"merged navy into red", "classes")
+    playwright.expect(card(page, "red")).to_contain_text("10 examples")
+
+    card(page, "red").get_by_role("button", name="Delete").click()
+    page.get_by_role("button", name="Cancel").click()  # changed her mind: nothing happens
+    playwright.expect(card(page, "red")).to_be_visible()
+    card(page, "red").get_by_role("button", name="Delete").click()
+    page.get_by_role("button", name="Delete red").click()
+    expect_message(page, r"deleted red", "classes")
+    playwright.expect(page.locator("#class-cards li.card")).to_have_count(0)
+    if page.fake.classes:  # the faked endpoints got the contract's fields
+        assert [op for op, _ in page.fake.requests if op != "learn"] == ["rename", "merge", "delete"]
+    screenshot(page, tmp_path / "classes.png")
+
+
+
+def tab_to(page, selector, presses=80):
+    """Press Tab until ``selector`` has the focus: fails if the keyboard cannot reach it."""
+    for _ in range(presses):
+        page.keyboard.press("Tab")
+        if page.evaluate("(s) => document.activeElement?.matches(s) ?? false", selector):
+            return
+    raise AssertionError(f"Tab never reaches {selector}")
+
+
+def pick_files_with_keyboard(page, selector, paths):
+    tab_to(page, selector)
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(paths)
+
+
+def test_keyboard_only_teach_and_check(page, tmp_path):
+    learn_requests = []
+    page.on("request", lambda r: learn_requests.append(r) if r.url.endswith("/api/learn") else None)
+    for colour in ("red", "blue"):
+        pick_files_with_keyboard(page, "#teach-files", images(tmp_path, colour, 3))
+        playwright.expect(page.locator("#teach-picked")).to_contain_text(f"3 files chosen: {colour}0.png")
+        tab_to(page, "#teach-label")
+        page.keyboard.type(colour)
+        page.keyboard.press("Enter")  # Enter submits
+        expect_message(page, rf"learned 3 image\(s\) of {colour}")
+    with page.expect_response(lambda r: "/api/predict" in r.url):
+        pick_files_with_keyboard(page, "#photo", images(tmp_path, "blue", 1, start=50))
+    playwright.expect(page.locator("#result-label")).to_have_text("blue")
+
+    tab_to(page, "#confirm")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Space")  # a second press on the same frame teaches nothing more
+    expect_message(page, r"learned: confirmed blue", "result")
+    playwright.expect(page.locator("#confirm")).to_be_disabled()
+    playwright.expect(page.locator("#correct")).to_be_disabled()
+    assert len(learn_requests) == 3
+    tab_to(page, "#undo")  # the rest of the page is reachable too
+    tab_to(page, "#class-cards button")
+    tab_to(page, "#import-file")
+
+
+def test_phone_width_has_no_sideways_scrolling(tmp_path):
+    with station_page(tmp_path, width=390, height=844) as page:
+        def with_changes(route):  # what a version row carries (contract: GET /api/versions)
+            body = route.fetch().json()
+            changes = {"added": ["blue"], "removed": [], "renamed": {"bolt": "bolt M8"}, "examples": 3}
+            for v in body["versions"]:
+                v.setdefault("changes", changes)
+                v["site"] = v.get("site") or "plant-2"
+            route.fulfill(json=body)
+
+        page.route("**/api/versions", with_changes)
+        teach(page, images(tmp_path, "red", 3), "a rather long class name for a part")
+        teach(page, images(tmp_path, "blue", 3), "blue")
+        playwright.expect(check_photo(page, images(tmp_path, "blue", 1, start=50)[0])).to_have_text("blue")
+        page.click("#consolidate")
+        expect_message(page, r"consolidated: version 2", "knowledge")
+        page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        playwright.expect(page.locator("#confirm")).to_be_in_viewport()  # the result bar stays on screen
+        playwright.expect(page.locator("#bar-result")).to_contain_text("blue")
+        small = page.evaluate("""() => [...document.querySelectorAll(
+                'button, .file, a.button, input:not([type=checkbox]), select')]
+            .filter((e) => e.offsetParent !== null && e.getBoundingClientRect().height < 44)
+            .map((e) => e.id || e.textContent)""")
+        assert small == []  # touch targets of at least 44 px
+        cells = page.locator("#versions tbody tr").first.locator("td")
+        playwright.expect(cells.nth(2)).to_have_text("consolidate by e2e from plant-2")
+        if "changes" not in page.server.client.get("/api/versions").json()["versions"][0]:
+            playwright.expect(cells.nth(3)).to_have_text("added blue; renamed bolt → bolt M8; +3 examples")
+        when = cells.nth(1)
+        created = page.server.client.get("/api/versions").json()["versions"][0]["created_at"]
+        playwright.expect(when).to_have_text(page.evaluate("(iso) => new Date(iso).toLocaleString()", created))
+        screenshot(page, tmp_path / "phone.png")
+
+
+UNKNOWN = {"label": None, "confidence": 0.43, "alternatives": [{"label": "red", "confidence": 0.43}],
+           "known_classes": 2, "unknown": True, "familiarity": 0.1, "representatives": [], "heatmap": None}
+
+
+def test_unknown_parts_and_the_labelling_queue(tmp_path):
+    with station_page(tmp_path, args=("--keep-images", "--queue-below", "2")) as page:
+        def not_calibrated(route):  # what a station taught 2 x 3 images reports (contract: /api/status)
+            body = route.fetch().json()
+            route.fulfill(json={**body, "calibration": {"n": 6, "needed": 20, "calibrated": False}})
+
+        page.route("**/api/status", not_calibrated)
+        teach(page, images(tmp_path, "red", 3), "red")
+        teach(page, images(tmp_path, "blue", 3), "blue")
+
+        # an unknown part: the closest class with its probability, and an honest word on certainty
+        page.route("**/api/predict*", lambda route: route.fulfill(json=UNKNOWN))
+        check_photo(page, images(tmp_path, "green", 1, start=60)[0])
+        playwright.expect(page.locator("#decision p").first).to_have_text("unknown — closest: red 43 %")
+        playwright.expect(page.locator("#calibration")).to_have_text("certainty not calibrated yet (6/20)")
+        playwright.expect(page.locator("#confirm")).to_be_disabled()
+        page.unroute("**/api/predict*")
+        page.click("#alternatives button[data-label='red']")  # a next-best class: corrected in one click
+        expect_message(page, r"learned: this is red", "result")
+        playwright.expect(page.locator("#alternatives button").first).to_be_disabled()  # once per frame
+
+        # the queue fills by itself, with the suggestion filled in
+        check_photo(page, images(tmp_path, "green", 1, start=61)[0])
+        item = page.locator("#queue li.queue-item").first
+        playwright.expect(item).to_be_visible(timeout=20_000)
+        suggested = item.get_by_label("class").input_value()
+        assert suggested in ("red", "blue")
+        assert item.locator("img").bounding_box()["height"] >= 150  # a large image
+        item.get_by_label("class").fill("")
+        item.get_by_role("button", name="Learn").click()  # an empty label is a mistake, not a dismissal
+        playwright.expect(item.locator(".message")).to_have_text("type the class first (or press Dismiss)")
+        item.focus()
+        page.keyboard.press("2")  # number keys: the top classes
+        playwright.expect(item.get_by_label("class")).to_have_value({"red": "blue", "blue": "red"}[suggested])
+        item.get_by_label("class").fill("green")
+        item.get_by_label("class").press("Enter")
+        expect_message(page, r"learned green", "queue")
+        playwright.expect(page.locator("#status")).to_contain_text("3 classes")
+        playwright.expect(page.locator("#queue li.queue-item")).to_have_count(0)
+        screenshot(page, tmp_path / "queue.png")
