@@ -47,7 +47,7 @@ def writer(request: Request, tokens: TokensDep, credentials: Credentials) -> str
     the name whose token it is, else the ``X-User`` header (a free label, for the feedback log)."""
     access, name = tokens.who(credentials.credentials if credentials else None)
     if access != WRITE:
-        raise HTTPException(401, "this needs the station's token (Authorization: Bearer <token>)",
+        raise HTTPException(401, "this needs the station's token",
                             headers={"WWW-Authenticate": "Bearer"})
     return name if tokens.users else request.headers.get("x-user") or None
 

@@ -141,11 +141,11 @@ class Guard:
         if access == WRITE or access == needed:
             return None
         if access == READ:
-            return JSONResponse({"detail": "the read-only token cannot change the station: this needs the "
-                                           "station's write token"}, 403)
+            return JSONResponse({"detail": "this token can only look: teaching and changes need the station's "
+                                           "token"}, 403)
         what = "this needs the station's token" if needed == WRITE else \
             "reading this needs the station's read or write token"
-        return JSONResponse({"detail": f"{what} (Authorization: Bearer <token>)"}, 401,
+        return JSONResponse({"detail": what}, 401,  # WWW-Authenticate tells API clients how
                             headers={"WWW-Authenticate": "Bearer"})
 
     @staticmethod

@@ -30,5 +30,5 @@ def label_item(item: int, station: StationDep, user: Writer, label: Annotated[st
 def queue_image(item: int, station: StationDep) -> Response:
     image = station.store.queue_item(item)["image"]
     if image is None:
-        raise HTTPException(404, "no image kept for this item (start the station with --keep-images)")
+        raise HTTPException(404, "no image was kept for this item (the station keeps images only when started to)")
     return Response(image, media_type="image/jpeg")
