@@ -150,6 +150,10 @@ class FuzzyArtmap(Learner):
     def _logits(self, X: np.ndarray) -> np.ndarray:
         return self._scores(X) / self.temperature
 
+    def _familiarity(self, X: np.ndarray) -> np.ndarray:
+        """The best category match ``|I ^ w_j| / |I|`` (what vigilance tests), over every class."""
+        return fuzzy_and_sums(self.weights_, self._code(X)).max(axis=1) / self.n_features_in_
+
     def _logit_gradient(self, X: np.ndarray, c: int) -> np.ndarray:
         """On the piece where the class's best representation ``w`` wins and the row scale is fixed:
         ``d/da_i sum(min(I, w))`` is ``[a_i < w_i] - [1 - a_i < w'_i]`` (complement half)."""
