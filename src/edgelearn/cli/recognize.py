@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.table import Table
 
@@ -25,10 +26,11 @@ from edgelearn.cli.options import (
     refuse_together,
     site_key,
 )
-from edgelearn.cli.output import emit, err, log, out, steps_table
+from edgelearn.cli.output import emit, err, log, open_set_line, out, steps_table
 from edgelearn.data import FeatureCache, FolderDataset
-from edgelearn.errors import ParameterError
+from edgelearn.errors import DatasetError, ParameterError
 from edgelearn.evaluation import evaluate_features, learn_stream
+from edgelearn.evaluation.openset import evaluate_open_set, learned_mask, not_learned
 from edgelearn.recognizer import Recognizer
 
 DEMO_DATA = Path("../shared/data/imagenette")
@@ -75,8 +77,10 @@ def predict(
     rows = [{"image": str(p), **pred.to_dict()} for p, pred in zip(images, predictions, strict=True)]
     table = Table("image", "label", "confidence", "next best")
     for r in rows:
-        nxt = ", ".join(f"{a['label']} {a['confidence']:.0%}" for a in r["alternatives"])
-        table.add_row(r["image"], r["label"] or "unknown", f"{r['confidence']:.1%}", nxt)
+        nxt = ", ".join(f"{a['label']} {a['confidence']:.0%}" for a in r["alternatives"][1 if r["unknown"] else 0:])
+        label = f"unknown — closest: {r['alternatives'][0]['label']} {r['confidence']:.0%}" if r["unknown"] \
+            else r["label"]
+        table.add_row(r["image"], label, f"{r['confidence']:.1%}", nxt)
     emit({"predictions": rows}, as_json, table)
 
 
@@ -84,9 +88,12 @@ def evaluate(
     model: Model,
     dataset: Annotated[Path, typer.Argument(help="Folder data set (its test/ split when there is one).")],
     level: Annotated[int | None, typer.Option(min=1, help="Evaluate at this concept level.")] = None,
+    unknown: Annotated[Path | None, typer.Option(help="Folder of images of classes the model never learned: "
+                                                      "also report how well it tells them apart (open set).")] = None,
     variants: Annotated[bool, typer.Option(
-        "--variants", help="Instead: one table over every runtime and precision of the model's backbone "
-                           "(its learner relearned on train/); takes no --level, --runtime, --no-cache.")] = False,
+        "--variants", help="Instead: one table over every runtime and precision of the model's backbone (its "
+                           "learner relearned on train/); takes no --level, --unknown, --runtime, --no-cache.")]
+    = False,
     weights: Weights = None,
     runtime: RuntimeOption = Runtime.TORCH,
     no_cache: NoCache = False,
@@ -94,14 +101,27 @@ def evaluate(
 ):
     """Top-1, top-5 and per-class accuracy on a labelled folder."""
     if variants:
-        refuse_together("--variants", "level", "runtime", "no_cache")
+        refuse_together("--variants", "level", "runtime", "no_cache", "unknown")
         return _variants_table(model, dataset, weights, as_json)
     rec, ds, X = _model_and_test_split(model, dataset, weights, no_cache, runtime)
-    result = evaluate_features(rec, X, ds.labels, level=level)
+    learned = learned_mask(rec, ds.labels, level)
+    if not learned.any():
+        raise DatasetError(f"the model learned none of the classes in {dataset}")
+    labels = [y for y, k in zip(ds.labels, learned, strict=True) if k]
+    result = evaluate_features(rec, X[learned], labels, level=level)
     table = Table("class", "n", "top-1", "top-5")
     for c, r in result["per_class"].items():
         table.add_row(c, str(r["n"]), f"{r['accuracy']:.1%}", f"{r['top5']:.1%}")
     table.caption = f"all: top-1 {result['accuracy']:.2%}, top-5 {result['top5']:.2%}, n={result['n']}"
+    if not learned.all():
+        result["not_learned"] = missing = not_learned(ds.labels, learned)
+        log(f"warning: the model never learned {len(missing['classes'])} of the test classes "
+            f"({', '.join(missing['classes'])}): their {missing['n']} images are left out of the accuracy "
+            "and count as unknown images")
+    others = [X[~learned]] + ([_embed(rec, FolderDataset.test_split(unknown), no_cache)] if unknown else [])
+    if unknown or not learned.all():
+        result["open_set"] = evaluate_open_set(rec, X[learned], labels, np.concatenate(others), level=level)
+        table.caption += "\n" + open_set_line(result["open_set"])
     emit(result, as_json, table)
 
 
@@ -186,6 +206,9 @@ def _learn(dataset: Path, learner: str, steps: int, per_class: int | None, seed:
     test_data = (_embed(rec, test, no_cache), test.labels) if test is not None else None
     history = learn_stream(rec, X, train.labels, n_steps=steps, seed=seed, consolidation=consolidation,
                            test=test_data)
+    if len(rec.classes) == 1 and rec.evidence.threshold is None:
+        err.print(f"warning: only one class learned: every image will be called {rec.classes[0]!r} until there "
+                  "are enough examples to tell unfamiliar images apart (or teach a second class)", highlight=False)
     result = {"history": history, "info": rec.info()}
     if test_data is not None:
         result["evaluation"] = evaluate_features(rec, *test_data)
