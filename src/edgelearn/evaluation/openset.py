@@ -24,7 +24,8 @@ def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
 
 def fpr_at_tpr(known: np.ndarray, unknown: np.ndarray, tpr: float = 0.95) -> float:
     """Share of ``unknown`` scores at or above the threshold that keeps ``tpr`` of the ``known`` ones."""
-    threshold = np.quantile(np.asarray(known, np.float64), 1 - tpr, method="lower")
+    known = np.sort(np.asarray(known, np.float64))
+    threshold = known[int(np.floor((1 - tpr) * len(known) + 1e-9))]  # the highest that keeps tpr of them
     return float((np.asarray(unknown) >= threshold).mean())
 
 
