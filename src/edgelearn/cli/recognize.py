@@ -78,8 +78,7 @@ def predict(
     table = Table("image", "label", "confidence", "next best")
     for r in rows:
         nxt = ", ".join(f"{a['label']} {a['confidence']:.0%}" for a in r["alternatives"][1 if r["unknown"] else 0:])
-        label = f"unknown — closest: {r['alternatives'][0]['label']} {r['confidence']:.0%}" if r["unknown"] \
-            else r["label"]
+        label = r["label"] or f"unknown — closest: {r['alternatives'][0]['label']} {r['confidence']:.0%}"
         table.add_row(r["image"], label, f"{r['confidence']:.1%}", nxt)
     emit({"predictions": rows}, as_json, table)
 
@@ -115,9 +114,8 @@ def evaluate(
     table.caption = f"all: top-1 {result['accuracy']:.2%}, top-5 {result['top5']:.2%}, n={result['n']}"
     if not learned.all():
         result["not_learned"] = missing = not_learned(ds.labels, learned)
-        log(f"warning: the model never learned {len(missing['classes'])} of the test classes "
-            f"({', '.join(missing['classes'])}): their {missing['n']} images are left out of the accuracy "
-            "and count as unknown images")
+        log(f"warning: the model never learned the test classes {', '.join(missing['classes'])}: their "
+            f"{missing['n']} images are left out of the accuracy and count as unknown images")
     others = [X[~learned]] + ([_embed(rec, FolderDataset.test_split(unknown), no_cache)] if unknown else [])
     if unknown or not learned.all():
         result["open_set"] = evaluate_open_set(rec, X[learned], labels, np.concatenate(others), level=level)
@@ -171,6 +169,10 @@ def info(model: Model, as_json: Json = False):
     table = Table("field", "value")
     for key in ("learner", "n_classes", "representations", "learner_bytes", "examples_seen"):
         table.add_row(key, str(result[key]))
+    c, threshold = result["calibration"], result["familiarity_threshold"]
+    table.add_row("certainty", f"calibrated ({c['n']} examples)" if c["calibrated"] else f"not calibrated yet "
+                  f"({c['n']}/{c['needed']})")
+    table.add_row("unknown below familiarity", "- (too few examples)" if threshold is None else f"{threshold:.4g}")
     table.add_row("backbone", json.dumps(result["backbone"]))
     table.add_row("classes", ", ".join(result["classes"]))
     emit(result, as_json, table)
