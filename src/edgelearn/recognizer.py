@@ -20,24 +20,32 @@ from edgelearn.backbones import WEIGHTS_ENV, Backbone, build_backbone
 from edgelearn.data.cache import FeatureCache, content_hash
 from edgelearn.data.images import load_image, to_rgb
 from edgelearn.errors import DatasetError, ImageError, IncompatibleError
-from edgelearn.explain.calibration import fit_temperature
+from edgelearn.explain.calibration import OnlineTemperature, fit_temperature
 from edgelearn.files import atomic_write_bytes
 from edgelearn.knowledge import ImportPolicy, SiteKey, package_bytes, parse_package, read_package
+from edgelearn.knowledge.merge import merge_familiarity
+from edgelearn.knowledge.schema import MAX_FAMILIARITY
 from edgelearn.labels import check_label
-from edgelearn.learners import Learner, learner_from_state, make_learner
+from edgelearn.learners import HeldOut, Learner, learner_from_state, make_learner
 from edgelearn.learners.base import softmax
 
 ImageLike = Image.Image | str | os.PathLike | bytes
+CALIBRATION_NEEDED = 20  # held-out rows before the temperature is fitted
+FAMILIARITY_NEEDED = 5  # held-out familiarity values before anything is called unknown
+FAMILIARITY_QUANTILE = 0.05  # the threshold: 5 % of held-out examples of known classes fall below it
 
 
 @dataclass
 class Prediction:
-    """One decision: the label, its probability, and the next-best classes. ``label=None`` means
-    unknown (the best class is below the threshold); then ``alternatives`` start with that class."""
+    """One decision: the label, its probability, the next-best classes and how familiar the input is.
+    ``unknown`` (then ``label=None`` and ``alternatives`` start with the closest class): the input is less
+    familiar than the recognizer's threshold (or less certain than a given ``unknown_below``)."""
 
     label: str | None
     confidence: float
     alternatives: list[tuple[str, float]] = field(default_factory=list)
+    familiarity: float = 0.0
+    unknown: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -64,6 +72,49 @@ def rollup(classes: Sequence[str], proba: np.ndarray, level: int | None) -> tupl
     return names, proba @ onehot
 
 
+class Evidence:
+    """Held-out evidence of what a recognizer learned (rows scored as if not learned, see
+    :meth:`Learner.learn_and_score`): the rows that calibrated its temperature (``n``) and the most recent
+    familiarity values, whose 5th percentile is the threshold below which an input is unknown."""
+
+    def __init__(self, n: int = 0, familiarity=()):
+        self.n = int(n)
+        self.familiarity = np.asarray(familiarity, np.float64)[-MAX_FAMILIARITY:]
+        self.online = OnlineTemperature(min_examples=CALIBRATION_NEEDED)
+
+    @property
+    def threshold(self) -> float | None:
+        if len(self.familiarity) < FAMILIARITY_NEEDED:
+            return None
+        return float(np.quantile(self.familiarity, FAMILIARITY_QUANTILE))
+
+    @property
+    def calibrated(self) -> bool:
+        return self.n >= CALIBRATION_NEEDED
+
+    def observe(self, held: HeldOut) -> float | None:
+        """Add held-out rows; returns the temperature once enough rows with a choice (two classes or more)
+        were seen, else None."""
+        self.add_familiarity(held.familiarity)
+        choice = np.isfinite(held.logits).sum(axis=1) >= 2  # one class: probability 1, says nothing
+        if not choice.any():
+            return self.online.temperature
+        self.n += int(choice.sum())
+        return self.online.observe(held.logits[choice], held.targets[choice])
+
+    def add_familiarity(self, values) -> None:
+        self.familiarity = np.r_[self.familiarity, np.asarray(values, np.float64)][-MAX_FAMILIARITY:]
+
+    def merge(self, other: "Evidence") -> None:
+        self.familiarity = np.asarray(merge_familiarity(self.familiarity, other.familiarity))
+
+    def copy(self) -> "Evidence":
+        return copy.deepcopy(self)
+
+    def to_dict(self) -> dict:
+        return {"n": self.n, "needed": CALIBRATION_NEEDED, "calibrated": self.calibrated}
+
+
 class Recognizer:
     """Frozen backbone + incremental learner.
 
@@ -79,9 +130,11 @@ class Recognizer:
 
     def __init__(self, backbone: Backbone | None, learner: Learner, *, examples_seen: dict | None = None,
                  fingerprint: dict | None = None, weights_path: str | None = None, sources: list | None = None,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, evidence: Evidence | None = None, unknown_below: float | None = None):
         self.backbone = backbone
         self.learner = learner
+        self.evidence = evidence or Evidence()
+        self.unknown_below = unknown_below  # a user's override: unknown below this calibrated probability
         self.examples_seen = Counter(examples_seen or {})
         self.sources = list(sources or [])  # provenance of merged knowledge: site, time, examples
         self.temperature = float(temperature)  # calibration: proba = softmax(logits / temperature)
@@ -136,8 +189,12 @@ class Recognizer:
         return self.learn_features(self.embed(images), labels)
 
     def learn_features(self, features: np.ndarray, labels: Sequence[str]) -> "Recognizer":
+        """Learn labelled features; rows scored before they were learned calibrate the temperature (from
+        the first batch on) and set the familiarity threshold."""
         labels = [check_label(label) for label in labels]
-        self.learner.partial_fit(features, labels)
+        temperature = self.evidence.observe(self.learner.learn_and_score(features, labels))
+        if temperature is not None:
+            self.temperature = temperature
         self.examples_seen.update(labels)
         return self
 
@@ -149,16 +206,30 @@ class Recognizer:
     def predict_features(self, features: np.ndarray, *, top_k: int = 5, level: int | None = None
                          ) -> list[Prediction]:
         names, proba = self.predict_proba(features, level=level)
-        threshold = self.learner.unknown_threshold
+        familiarity = self.learner.familiarity(features)
+        unknown = self.unknown(proba.max(axis=1), familiarity)
         out = []
-        for row in proba:
+        for row, familiar, no in zip(proba, familiarity, unknown, strict=True):
             order = np.argsort(-row, kind="stable")[:max(top_k, 1)]
             top = [(names[j], float(row[j])) for j in order]
-            if threshold is None or top[0][1] >= threshold:
-                out.append(Prediction(top[0][0], top[0][1], top[1:]))
-            else:  # unknown: every candidate is an alternative
-                out.append(Prediction(None, top[0][1], top))
+            if no:  # every candidate is an alternative
+                out.append(Prediction(None, top[0][1], top, float(familiar), True))
+            else:
+                out.append(Prediction(top[0][0], top[0][1], top[1:], float(familiar), False))
         return out
+
+    def unknown(self, top_probability: np.ndarray, familiarity: np.ndarray) -> np.ndarray:
+        """Which inputs are unknown: less familiar than the threshold set from held-out evidence, or, with
+        an ``unknown_below`` override (or a learner's ``unknown_threshold``), less probable than it."""
+        below = self.unknown_below if self.unknown_below is not None else self.learner.unknown_threshold
+        if below is not None:
+            return top_probability < below
+        threshold = self.evidence.threshold
+        return familiarity < threshold if threshold is not None else np.zeros(len(familiarity), bool)
+
+    def familiarity(self, features: np.ndarray) -> np.ndarray:
+        """How much each input is like what was learned (higher = more familiar)."""
+        return self.learner.familiarity(features)
 
     def predict_proba(self, features: np.ndarray, *, level: int | None = None
                       ) -> tuple[list[str], np.ndarray]:
@@ -172,8 +243,11 @@ class Recognizer:
         keep = [i for i, label in enumerate(labels) if label in index]
         if not keep:
             raise DatasetError("none of the calibration examples belongs to a known class")
-        logits = self.learner.predict_logits(np.asarray(features)[keep])
-        self.temperature = fit_temperature(logits, [index[labels[i]] for i in keep])
+        X = np.asarray(features)[keep]
+        self.temperature = fit_temperature(self.learner.predict_logits(X), [index[labels[i]] for i in keep])
+        self.evidence.online = OnlineTemperature(min_examples=CALIBRATION_NEEDED)  # fitted here, not online
+        self.evidence.n = max(self.evidence.n, len(keep))
+        self.evidence.add_familiarity(self.learner.familiarity(X))
         return self.temperature
 
     def consolidate(self, strategy: str | None = None, **kwargs) -> "Recognizer":
@@ -219,6 +293,7 @@ class Recognizer:
             if other.fingerprint != self.fingerprint:
                 _check_fingerprint(other.fingerprint, self.fingerprint, "the other site's knowledge")
             self.learner.merge(other.learner)
+            self.evidence.merge(other.evidence)
             self.examples_seen.update(other.examples_seen)
             self.sources.extend(other.sources or [{"site": None, "examples": sum(other.examples_seen.values())}])
         return self
@@ -235,7 +310,8 @@ class Recognizer:
             "learner": learner,
             "examples_seen": dict(self.examples_seen),
             "sources": self.sources,
-            "calibration": {"temperature": self.temperature},
+            "calibration": {"temperature": self.temperature, "n": self.evidence.n,
+                            "familiarity": self.evidence.familiarity.tolist()},
         }
 
     def to_bytes(self, *, key: SiteKey | None = None, site: str | None = None) -> bytes:
@@ -287,16 +363,27 @@ class Recognizer:
                                ignore=("precision",) if allow_other_precision else ())
         sources = manifest.get("sources") or [{"site": manifest.get("site"), "created_at": manifest.get("created_at"),
                                                "examples": sum(manifest.get("examples_seen", {}).values())}]
+        calibration = manifest.get("calibration", {})
+        temperature = calibration.get("temperature", 1.0)
+        # a package from before the evidence was counted: a temperature other than 1 was fitted
+        n = calibration.get("n", CALIBRATION_NEEDED if temperature != 1.0 else 0)
         return cls(backbone, learner, examples_seen=manifest.get("examples_seen"),
                    fingerprint=manifest["backbone"], weights_path=manifest.get("weights_path"), sources=sources,
-                   temperature=manifest.get("calibration", {}).get("temperature", 1.0))
+                   temperature=temperature, evidence=Evidence(n, calibration.get("familiarity", [])))
 
     def copy(self) -> "Recognizer":
         """An independent copy of the fast memory, to change off to the side (the backbone is shared:
         it never changes)."""
         return Recognizer(self.backbone, copy.deepcopy(self.learner), examples_seen=self.examples_seen,
                           fingerprint=self.fingerprint, weights_path=self.weights_path,
-                          sources=copy.deepcopy(self.sources), temperature=self.temperature)
+                          sources=copy.deepcopy(self.sources), temperature=self.temperature,
+                          evidence=self.evidence.copy(), unknown_below=self.unknown_below)
+
+    def frozen(self) -> "Recognizer":
+        """A copy for predicting only that shares nothing learning changes (:meth:`Learner.snapshot`)."""
+        return Recognizer(self.backbone, self.learner.snapshot(), fingerprint=self.fingerprint,
+                          temperature=self.temperature, evidence=self.evidence.copy(),
+                          unknown_below=self.unknown_below)
 
     def info(self) -> dict:
         return {
@@ -308,6 +395,9 @@ class Recognizer:
             "learner_bytes": self.learner.nbytes,
             "examples_seen": sum(self.examples_seen.values()),
             "temperature": self.temperature,
+            "calibration": self.evidence.to_dict(),
+            "familiarity_threshold": self.evidence.threshold,
+            "unknown_below": self.unknown_below,
             "sources": self.sources,
             "backbone": self.fingerprint,
         }

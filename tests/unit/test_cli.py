@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -51,6 +52,39 @@ def test_learn_predict_evaluate_consolidate_info(runner, image_folder, tmp_path)
     info = run_json(runner, "info", tmp_path / "small.edge")
     assert info["n_classes"] == 3 and info["representations"] == 3 and info["examples_seen"] == 18
     assert info["backbone"]["name"] == "tiny"
+
+
+def test_unknown_images_in_predict_and_evaluate_and_a_single_class_warns(runner, image_folder, tmp_path,
+                                                                         monkeypatch):
+    from edgelearn.recognizer import Recognizer
+
+    two, others = tmp_path / "two", tmp_path / "others"
+    for name in ("red", "green"):
+        shutil.copytree(image_folder / "train" / name, two / name)
+    shutil.copytree(image_folder / "test" / "blue", others / "blue")
+    model = tmp_path / "m.edge"
+    run_json(runner, "learn", two, "-o", model, "--learner", "ncm", *TINY)
+    result = runner.invoke(app, list(map(str, ["evaluate", model, image_folder, "--unknown", others, "--weights",
+                                               "random", "--json"])))
+    assert result.exit_code == 0 and "never learned the test classes blue:" in result.stderr
+    evaluated = json.loads(result.stdout)
+    assert evaluated["n"] == 6 and set(evaluated["per_class"]) == {"red", "green"}
+    assert evaluated["not_learned"]["classes"] == ["blue"]
+    open_set = evaluated["open_set"]
+    assert open_set["n_known"] == 6 and open_set["n_unknown"] == 6 and 0 <= open_set["auroc"] <= 1
+    assert {"fpr95", "closed_set_accuracy", "accuracy_with_rejection", "max_probability"} <= set(open_set)
+
+    monkeypatch.setattr(Recognizer, "unknown", lambda self, top, familiarity: np.ones(len(top), bool))
+    blue = sorted((others / "blue").iterdir())[0]
+    predicted = run_json(runner, "predict", model, blue, "--weights", "random")["predictions"][0]
+    assert predicted["label"] is None and predicted["unknown"] and "familiarity" in predicted
+    shown = runner.invoke(app, ["predict", str(model), str(blue), "--weights", "random"], terminal_width=200)
+    assert f"unknown — closest: {predicted['alternatives'][0]['label']}" in shown.stdout
+
+    one = tmp_path / "one"
+    shutil.copytree(image_folder / "train" / "red", one / "red")
+    result = runner.invoke(app, ["learn", str(one), "-o", str(tmp_path / "one.edge"), "--per-class", "2", *TINY])
+    assert result.exit_code == 0 and "every image will be called 'red'" in result.stderr
 
 
 def test_the_backbone_runs_on_onnx_runtime_with_the_same_answers(runner, image_folder, tmp_path):

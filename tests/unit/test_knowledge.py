@@ -359,8 +359,9 @@ def test_merge_packages_checks_every_package_and_names_the_one_refused(keys):
 def test_own_knowledge_keeps_its_settings_and_an_empty_one_adopts_any_learner():
     from edgelearn.knowledge import merge_packages, parse_package
 
-    own = Recognizer(None, make_learner("ncm", temperature=2.0), fingerprint=FINGERPRINT, temperature=1.5)
+    own = Recognizer(None, make_learner("ncm", temperature=2.0), fingerprint=FINGERPRINT)
     own.learn_features(*blobs(n_classes=2, seed=0))
+    own.temperature = 1.5  # learning calibrates it: this site's own setting now
     other = site("ncm", classes=("c1", "c2"), seed=1)
     other.temperature = 0.7
     manifest, _ = parse_package(merge_packages(other.to_bytes(), own=own.to_bytes(), policy=ALLOW_UNSIGNED))

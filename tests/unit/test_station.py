@@ -113,7 +113,20 @@ def test_corrections_are_logged_and_calibrate_the_confidence(station):
         station.learn([colour_image("blue", 200 + i)], ["blue"], kind="teach")
     status = station.status()
     assert status["live_calibration"]["n"] == 12
-    assert status["temperature"] != 1.0 and station.store.get("temperature") == status["temperature"]
+    assert status["temperature"] != 1.0 and status["calibration"]["calibrated"]
+
+
+def test_status_shows_calibration_progress_and_the_unknown_threshold(tmp_path):
+    station = Station(config(tmp_path, learner="ncm"))
+    assert station.status()["calibration"] == {"n": 0, "needed": 20, "calibrated": False}
+    teach(station, "red")  # held out: familiarity, but nothing to choose between yet
+    teach(station, "blue")
+    status = station.status()
+    assert status["calibration"] == {"n": 4, "needed": 20, "calibrated": False}
+    assert status["familiarity_threshold"] is not None
+    p = station.predict(colour_image("red", 77), enqueue=False)
+    assert p["unknown"] is False and p["label"] == "red" and p["familiarity"] >= status["familiarity_threshold"]
+    station.close()
 
 
 def test_low_confidence_predictions_wait_in_the_queue_and_labelling_learns_them(tmp_path):

@@ -68,3 +68,11 @@ def history_table(result: dict, output) -> Table:
     if result.get("test_classes_left_out"):
         table.caption += f"; test classes it never trained on, left out: {', '.join(result['test_classes_left_out'])}"
     return table
+
+
+def open_set_line(r: dict) -> str:
+    """How well a model tells unknown images apart (``evaluate --unknown``), in one line."""
+    return (f"unknown images: AUROC {r['auroc']:.3f}, {r['fpr95']:.1%} let through at 95 % of known kept "
+            f"(top probability: AUROC {r['max_probability']['auroc']:.3f}); accuracy with rejection "
+            f"{r['accuracy_with_rejection']:.1%} (closed set {r['closed_set_accuracy']:.1%}); "
+            f"n={r['n_known']} known + {r['n_unknown']} unknown")

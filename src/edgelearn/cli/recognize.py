@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.table import Table
 
@@ -27,10 +28,11 @@ from edgelearn.cli.options import (
     refuse_together,
     site_key,
 )
-from edgelearn.cli.output import emit, err, log, out, steps_table
+from edgelearn.cli.output import emit, err, log, open_set_line, out, steps_table
 from edgelearn.data import FolderDataset
-from edgelearn.errors import ParameterError
+from edgelearn.errors import DatasetError, ParameterError
 from edgelearn.evaluation import evaluate_features, learn_stream
+from edgelearn.evaluation.openset import evaluate_open_set, learned_mask, not_learned
 from edgelearn.recognizer import Recognizer
 
 DEMO_DATA = Path("../shared/data/imagenette")
@@ -79,8 +81,9 @@ def predict(
     rows = [{"image": str(p), **pred.to_dict()} for p, pred in zip(images, predictions, strict=True)]
     table = Table("image", "label", "confidence", "next best")
     for r in rows:
-        nxt = ", ".join(f"{a['label']} {a['confidence']:.0%}" for a in r["alternatives"])
-        table.add_row(r["image"], r["label"] or "unknown", f"{r['confidence']:.1%}", nxt)
+        nxt = ", ".join(f"{a['label']} {a['confidence']:.0%}" for a in r["alternatives"][1 if r["unknown"] else 0:])
+        label = r["label"] or f"unknown — closest: {r['alternatives'][0]['label']} {r['confidence']:.0%}"
+        table.add_row(r["image"], label, f"{r['confidence']:.1%}", nxt)
     emit({"predictions": rows}, as_json, table)
 
 
@@ -88,9 +91,12 @@ def evaluate(
     model: Model,
     dataset: Annotated[Path, typer.Argument(help="Folder data set (its test/ split when there is one).")],
     level: Annotated[int | None, typer.Option(min=1, help="Evaluate at this concept level.")] = None,
+    unknown: Annotated[Path | None, typer.Option(help="Folder of images of classes the model never learned: "
+                                                      "also report how well it tells them apart (open set).")] = None,
     variants: Annotated[bool, typer.Option(
-        "--variants", help="Instead: one table over every runtime and precision of the model's backbone "
-                           "(its learner relearned on train/); takes no --level, --runtime, --no-cache.")] = False,
+        "--variants", help="Instead: one table over every runtime and precision of the model's backbone (its "
+                           "learner relearned on train/); takes no --level, --unknown, --runtime, --no-cache.")]
+    = False,
     weights: Weights = None,
     runtime: RuntimeOption = Runtime.TORCH,
     no_cache: NoCache = False,
@@ -99,17 +105,29 @@ def evaluate(
 ):
     """Top-1, top-5 and per-class accuracy on a labelled folder."""
     if variants:
-        refuse_together("--variants", "level", "runtime", "no_cache")
+        refuse_together("--variants", "level", "runtime", "no_cache", "unknown")
         return _variants_table(model, dataset, weights, as_json)
     unreadable = [] if skip_bad else None
     rec, ds, X = _model_and_test_split(model, dataset, weights, no_cache, runtime, unreadable)
-    result = evaluate_features(rec, X, ds.labels, level=level)
+    learned = learned_mask(rec, ds.labels, level)
+    if not learned.any():
+        raise DatasetError(f"the model learned none of the classes in {dataset}")
+    labels = [y for y, k in zip(ds.labels, learned, strict=True) if k]
+    result = evaluate_features(rec, X[learned], labels, level=level)
     if skip_bad:
         result["unreadable"] = unreadable
     table = Table("class", "n", "top-1", "top-5")
     for c, r in result["per_class"].items():
         table.add_row(c, str(r["n"]), f"{r['accuracy']:.1%}", f"{r['top5']:.1%}")
     table.caption = f"all: top-1 {result['accuracy']:.2%}, top-5 {result['top5']:.2%}, n={result['n']}"
+    if not learned.all():
+        result["not_learned"] = missing = not_learned(ds.labels, learned)
+        log(f"warning: the model never learned the test classes {', '.join(missing['classes'])}: their "
+            f"{missing['n']} images are left out of the accuracy and count as unknown images")
+    others = [X[~learned]] + ([_embed(rec, FolderDataset.test_split(unknown), no_cache)] if unknown else [])
+    if unknown or not learned.all():
+        result["open_set"] = evaluate_open_set(rec, X[learned], labels, np.concatenate(others), level=level)
+        table.caption += "\n" + open_set_line(result["open_set"])
     emit(result, as_json, table)
     say_unreadable(unreadable)
 
@@ -160,6 +178,10 @@ def info(model: Model, as_json: Json = False):
     table = Table("field", "value")
     for key in ("learner", "n_classes", "representations", "learner_bytes", "examples_seen"):
         table.add_row(key, str(result[key]))
+    c, threshold = result["calibration"], result["familiarity_threshold"]
+    table.add_row("certainty", f"calibrated ({c['n']} examples)" if c["calibrated"] else f"not calibrated yet "
+                  f"({c['n']}/{c['needed']})")
+    table.add_row("unknown below familiarity", "- (too few examples)" if threshold is None else f"{threshold:.4g}")
     table.add_row("backbone", json.dumps(result["backbone"]))
     table.add_row("classes", ", ".join(result["classes"]))
     emit(result, as_json, table)
@@ -201,6 +223,9 @@ def _learn(dataset: Path, learner: str, steps: int, per_class: int | None, seed:
         test_data = (test_X, test.labels)
     history = learn_stream(rec, X, train.labels, n_steps=steps, seed=seed, consolidation=consolidation,
                            test=test_data)
+    if len(rec.classes) == 1 and rec.evidence.threshold is None:
+        err.print(f"warning: only one class learned: every image will be called {rec.classes[0]!r} until there "
+                  "are enough examples to tell unfamiliar images apart (or teach a second class)", highlight=False)
     result = {"history": history, "info": rec.info(), **({"unreadable": unreadable} if skip_bad else {})}
     if test_data is not None:
         result["evaluation"] = evaluate_features(rec, *test_data)

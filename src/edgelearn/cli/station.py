@@ -32,8 +32,9 @@ def serve(
                                               "of feedback and queued frames.")] = False,
     representatives: Annotated[Similarity, typer.Option(help="How representatives are matched.")]
     = Similarity.feature,
-    unknown_below: Annotated[float, typer.Option(help="Say 'unknown' below this calibrated confidence (0: never).")]
-    = 0.5,
+    unknown_below: Annotated[float, typer.Option(help="Say 'unknown' below this calibrated confidence instead of "
+                                                "when an image is unlike anything taught (0: the latter).")]
+    = 0,
     queue_below: Annotated[float, typer.Option(help="Queue predictions below this confidence for labelling.")]
     = 0.5,
     trust: Annotated[Path | None, typer.Option(help="Folder of trusted sites' public keys (<site>.pub): imports "

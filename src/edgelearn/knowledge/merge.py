@@ -14,6 +14,7 @@ import numpy as np
 from edgelearn.errors import IncompatibleError
 from edgelearn.knowledge.keys import SiteKey
 from edgelearn.knowledge.package import ImportPolicy, package_bytes, parse_package
+from edgelearn.knowledge.schema import MAX_FAMILIARITY
 from edgelearn.learners import Learner, learner_from_state
 
 Package = tuple[str, dict, dict[str, np.ndarray]]  # name, manifest, arrays
@@ -64,6 +65,7 @@ def merge_packages(*packages: bytes, policy: ImportPolicy | None, own: bytes | N
         learner.consolidate()
     every = [base, *others]
     temperatures = {_temperature(p) for p in every}
+    kept = own is not None or len(temperatures) == 1
     manifest = {
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "site": site or (key.site if key else None),
@@ -72,11 +74,22 @@ def merge_packages(*packages: bytes, policy: ImportPolicy | None, own: bytes | N
         "examples_seen": dict(sum((Counter(p[1].get("examples_seen", {})) for p in every), Counter())),
         "sources": [s for p in learned or [base] for s in provenance(p[1])],
         # a calibration measured on one site's knowledge does not hold for the merged one
-        "calibration": {"temperature": _temperature(base) if own is not None or len(temperatures) == 1 else 1.0},
+        "calibration": {"temperature": _temperature(base) if kept else 1.0,
+                        "n": base[1].get("calibration", {}).get("n", 0) if kept else 0,
+                        "familiarity": merge_familiarity(*(p[1].get("calibration", {}).get("familiarity", [])
+                                                           for p in every))},
     }
     state = learner.state_dict()
     manifest["learner"] = {k: state[k] for k in ("kind", "params", "classes", "n_features") if k in state}
     return package_bytes(manifest, state.get("arrays", {}), key)
+
+
+def merge_familiarity(*records) -> list[float]:
+    """Sites' held-out familiarity as one bounded record: all of it, or evenly spaced order statistics of it."""
+    values = np.sort(np.concatenate([np.asarray(r, np.float64).ravel() for r in records] or [np.zeros(0)]))
+    if len(values) > MAX_FAMILIARITY:
+        values = values[np.linspace(0, len(values) - 1, MAX_FAMILIARITY).round().astype(int)]
+    return values.tolist()
 
 
 def provenance(manifest: dict) -> list[dict]:

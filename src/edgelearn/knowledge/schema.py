@@ -18,6 +18,7 @@ from edgelearn.learners import LEARNERS
 MAX_CLASSES = 100_000
 MAX_FEATURES = 65_536
 MAX_SOURCES = 10_000
+MAX_FAMILIARITY = 500  # held-out familiarity values a package carries (its unknown threshold's evidence)
 
 
 def _text(value) -> bool:
@@ -44,11 +45,16 @@ def _sources(value) -> bool:
     return isinstance(value, list) and len(value) <= MAX_SOURCES and all(_text_dict(s) for s in value)
 
 
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _calibration(value) -> bool:
-    if not _text_dict(value) or set(value) - {"temperature"}:
+    if not _text_dict(value) or set(value) - {"temperature", "n", "familiarity"}:
         return False
-    t = value.get("temperature", 1.0)
-    return isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) and t > 0
+    t, familiarity = value.get("temperature", 1.0), value.get("familiarity", [])
+    return _number(t) and t > 0 and _count(value.get("n", 0)) and isinstance(familiarity, list) \
+        and len(familiarity) <= MAX_FAMILIARITY and all(_number(f) for f in familiarity)
 
 
 def _integrity(value) -> bool:
@@ -77,7 +83,8 @@ FIELDS = {
     "weights_path": (_optional_text, "a text", False),
     "examples_seen": (_counts, "label -> count (whole numbers >= 0)", False),
     "sources": (_sources, f"a list of at most {MAX_SOURCES} objects", False),
-    "calibration": (_calibration, "{temperature: a positive number}", False),
+    "calibration": (_calibration, "{temperature: a positive number, n: a whole number, "
+                                  f"familiarity: at most {MAX_FAMILIARITY} numbers}}", False),
 }
 LEARNER_FIELDS = {"kind", "params", "classes", "n_features"}
 

@@ -1,6 +1,6 @@
 """Module B: incremental learners over feature vectors (numpy only, no torch)."""
 
-from edgelearn.learners.base import Learner
+from edgelearn.learners.base import HeldOut, Learner
 from edgelearn.learners.fuzzy_artmap import FuzzyArtmap
 from edgelearn.learners.ncm import NearestClassMean
 from edgelearn.learners.slda import StreamingLDA
@@ -25,5 +25,5 @@ def learner_from_state(state: dict) -> Learner:
     return LEARNERS[kind]().load_state_dict(state)
 
 
-__all__ = ["LEARNERS", "FuzzyArtmap", "Learner", "NearestClassMean", "StreamingLDA", "learner_from_state",
+__all__ = ["LEARNERS", "FuzzyArtmap", "HeldOut", "Learner", "NearestClassMean", "StreamingLDA", "learner_from_state",
            "make_learner"]

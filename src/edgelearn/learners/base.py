@@ -104,6 +104,21 @@ def chan_update(n_a, mean_a, n_b, mean_b):
     return n, mean, delta, weight
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """Evidence from rows scored by a model that had not learned them (see :meth:`Learner.learn_and_score`):
+    their ``logits`` ``(m, n_classes)`` (``-inf`` for classes that did not exist yet), true class indices
+    ``targets`` ``(m,)`` and ``familiarity`` ``(m,)``."""
+
+    logits: np.ndarray
+    targets: np.ndarray
+    familiarity: np.ndarray
+
+    @classmethod
+    def empty(cls, n_classes: int) -> "HeldOut":
+        return cls(np.zeros((0, n_classes)), np.zeros(0, np.intp), np.zeros(0))
+
+
 class Learner:
     """Base class: label bookkeeping, input checks, proba, prediction with an unknown threshold.
 
@@ -134,6 +149,45 @@ class Learner:
         if len(y):
             self._learn(X, self._encode(y))
         return self
+
+    def learn_and_score(self, X, y, chunks: int = 16) -> HeldOut:
+        """:meth:`partial_fit` that also returns held-out evidence: each row whose class has another
+        example is scored as if it had not been learned. Learners with a closed-form leave-one-out
+        give it (``_held_out``); the others are scored prequentially, the batch learned in ``chunks``
+        consecutive parts, each scored before it is learned (rows of classes known by then)."""
+        X = self._check_X(X, fitting=True)
+        y = list(np.asarray(y, dtype=object).ravel())
+        if len(y) != len(X):
+            raise ValueError(f"X has {len(X)} rows but y has {len(y)} labels")
+        if type(self)._held_out is not Learner._held_out:
+            idx = self._encode(y)
+            self._learn(X, idx)
+            scored, logits, familiarity = self._held_out(X, idx)
+            return HeldOut(np.asarray(logits, np.float64), idx[scored], np.asarray(familiarity, np.float64))
+        parts = []
+        for rows in np.array_split(np.arange(len(y)), min(len(y), chunks)):
+            known = [i for i in rows if y[i] in self.classes_] if self._fitted() else []
+            if known:
+                parts.append((self._logits(X[known]), self._encode([y[i] for i in known]),
+                              self._familiarity(X[known])))
+            self._learn(X[rows], self._encode([y[i] for i in rows]))
+        return _stack(parts, len(getattr(self, "classes_", [])))
+
+    def _held_out(self, X: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Called after ``_learn(X, idx)``: ``(bool mask of the rows scored, their logits, their familiarity)``
+        as if each row alone had never been learned. Only learners with a closed form implement it."""
+        raise NotImplementedError
+
+    def familiarity(self, X) -> np.ndarray:
+        """``(n,)``: how much each row is like what was learned (higher = more familiar), from the learner's
+        own state; an input far below the familiarity of learned examples is of a class never taught."""
+        return np.asarray(self._familiarity(self._check_X(X)), np.float64)
+
+    def _familiarity(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} has no familiarity score")
+
+    def _fitted(self) -> bool:
+        return bool(getattr(self, "classes_", None))
 
     def predict_scores(self, X) -> np.ndarray:
         """Per-class evidence, ``(n, n_classes)``, higher = more likely; columns follow ``classes_``."""
@@ -382,3 +436,15 @@ class Learner:
         """Delete index ``c`` from the per-class arrays (indices above it move down by one)."""
         for name in self._arrays:
             setattr(self, name, np.delete(getattr(self, name), c, axis=0))
+
+def _stack(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_classes: int) -> HeldOut:
+    """Held-out parts scored at different times, their logits padded with ``-inf`` for classes added since."""
+    if not parts:
+        return HeldOut.empty(n_classes)
+    logits = np.full((sum(len(t) for _, t, _ in parts), n_classes), -np.inf)
+    row = 0
+    for part, _, _ in parts:
+        logits[row:row + len(part), :part.shape[1]] = part
+        row += len(part)
+    return HeldOut(logits, np.concatenate([t for _, t, _ in parts]),
+                   np.concatenate([np.asarray(f, np.float64) for _, _, f in parts]))

@@ -82,6 +82,26 @@ class NearestClassMean(Learner):
         # -||x - m||^2 = 2 x.m - |m|^2 - |x|^2, without forming the (n, C, D) difference tensor
         return (X.astype(np.float32) @ M.T - bias).astype(np.float64) - (X**2).sum(1, keepdims=True)
 
+    def _familiarity(self, X: np.ndarray) -> np.ndarray:
+        """Cosine similarity to the nearest class mean (whatever the metric: scale-free)."""
+        return (_unit(X) @ _unit(self.means_).T).max(axis=1)
+
+    def _held_out(self, X: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Exact leave-one-out: row i's own class mean without it is ``(n * mean - x_i) / (n - 1)``."""
+        scored = self.counts_[idx] > 1
+        X, c = X[scored], idx[scored]
+        n = self.counts_[c][:, None]
+        mine = (n * self.means_[c] - self._prepare(X)) / (n - 1)
+        rows = np.arange(len(X))
+        logits = self._logits(X)
+        if self.metric == "cosine":
+            logits[rows, c] = (_unit(X) * _unit(mine)).sum(axis=1) / self._scale()
+        else:
+            logits[rows, c] = -((X - mine) ** 2).sum(axis=1) / self._scale()
+        cosines = _unit(X) @ _unit(self.means_).T
+        cosines[rows, c] = (_unit(X) * _unit(mine)).sum(axis=1)
+        return scored, logits, cosines.max(axis=1)
+
     def _linear(self) -> tuple[np.ndarray, np.ndarray]:
         """float32 matrices for scoring, computed once per change of the means."""
         if getattr(self, "_cache", None) is None:
@@ -126,3 +146,6 @@ class NearestClassMean(Learner):
 
     def _merge_class(self, s: int, t: int) -> None:
         self._combine(t, self.counts_[s], self.means_[s].copy(), self.m2_[s])
+
+def _unit(X: np.ndarray) -> np.ndarray:
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)

@@ -25,7 +25,6 @@ from edgelearn.backbones import build_backbone
 from edgelearn.data.images import to_rgb
 from edgelearn.errors import ConflictError, EdgelearnError, ImageError, NearDuplicateError, SignatureError
 from edgelearn.explain import HeatMapper, expected_calibration_error, get_similarity, nearest, overlay, png_bytes
-from edgelearn.explain.calibration import OnlineTemperature
 from edgelearn.knowledge import ImportPolicy, TrustStore, merge_packages, parse_package, provenance
 from edgelearn.labels import check_label, label_key
 from edgelearn.recognizer import Recognizer
@@ -60,7 +59,7 @@ class StationConfig:
     keep_images: bool = False  # opt-in: thumbnails for representatives and images of feedback events
     thumbnails_per_class: int = 12
     representatives: str = "feature"  # or any image similarity: phash, hist, ssim, ...
-    unknown_below: float = 0.5  # calibrated top probability below this -> "unknown" (0: never)
+    unknown_below: float = 0  # override: "unknown" below this calibrated top probability (0: by familiarity)
     queue_below: float = 0.5  # predictions less confident than this wait in the labelling queue
     checkpoint_every: int = 500  # events; bounds the replay on start
     trust: Path | None = None  # folder of trusted sites' public keys: imports must be signed by one
@@ -87,7 +86,6 @@ class Station:
         self._heat: HeatMapper | None = None
         self._signatures: dict[int, object] = {}
         self._last_queued: np.ndarray | None = None
-        self._calibration = OnlineTemperature()
         self._batcher = Batcher(self._embed_batch)
         self._adopt(self.rec)
 
@@ -98,8 +96,7 @@ class Station:
         return rec
 
     def _configured(self, rec: Recognizer) -> Recognizer:
-        rec.temperature = self.store.get("temperature", 1.0)
-        rec.learner.unknown_threshold = self.config.unknown_below or None
+        rec.unknown_below = self.config.unknown_below or None  # the recognizer's own rule unless overridden
         return rec
 
     def _publish(self) -> None:
@@ -110,8 +107,7 @@ class Station:
         # one BLAS thread: OpenBLAS spreading the solve over cores the backbone is using made it
         # 5x slower (660 vs 100 ms, loaded 2-core machine) and stalled predictions
         with self._blas.limit(limits=1, user_api="blas"):
-            frozen = rec.learner.snapshot()  # SLDA solves here, off the prediction path
-        self._view = Recognizer(rec.backbone, frozen, fingerprint=rec.fingerprint, temperature=rec.temperature)
+            self._view = rec.frozen()  # SLDA solves here, off the prediction path
 
     # -- start ----------------------------------------------------------------------------------------
     def _open(self) -> Recognizer:
@@ -258,8 +254,7 @@ class Station:
                 self._refuse_near_duplicates(labels)
             ids = self.store.add_events(kind, labels, features, user=user, predicted=predicted,
                                         confidence=confidence, images=images)
-            self._calibrate(features, labels)
-            self.rec.learn_features(features, labels)
+            self.rec.learn_features(features, labels)  # calibrates on the examples as if not yet learned
             for label, vector, image in zip(labels, features, images or [None] * len(labels), strict=True):
                 if image is not None:
                     self.store.add_thumbnail(label, image, vector, self.config.thumbnails_per_class)
@@ -267,18 +262,6 @@ class Station:
                 self._new_version("checkpoint", user)
             self._publish()
         return {"events": ids, "classes": self.rec.classes}
-
-    def _calibrate(self, features, labels) -> None:
-        """Score the examples of known classes before learning them: held-out data for the temperature."""
-        index = {c: i for i, c in enumerate(self.rec.classes)}
-        known = [i for i, label in enumerate(labels) if label in index]
-        if len(index) < 2 or not known:
-            return
-        logits = self.rec.learner.predict_logits(features[known])
-        temperature = self._calibration.observe(logits, [index[labels[i]] for i in known])
-        if temperature is not None and temperature != self.rec.temperature:
-            self.rec.temperature = temperature
-            self.store.set("temperature", temperature)
 
     def label_queue(self, item: int, label: str | None, user: str | None = None, new_class: bool = False) -> dict:
         """A person labels (or, with ``None``, dismisses) a queued prediction. Resolving the item and its
@@ -452,6 +435,7 @@ class Station:
             **self._summary(),
             "learner": info["learner"], "learner_bytes": info["learner_bytes"],
             "representations": info["representations"], "temperature": info["temperature"],
+            "calibration": info["calibration"], "familiarity_threshold": info["familiarity_threshold"],
             "backbone": self.rec.backbone.fingerprint,
             "active_version": self.store.active_version,
             "events": self.store.count("events"),
