@@ -7,7 +7,7 @@ option, a wrong choice, options that do not go together).
 
 import typer
 
-from edgelearn.cli import data, detect, recognize, share, station, train
+from edgelearn.cli import data, detect, evaluate, recognize, share, station, train
 from edgelearn.cli.output import user_errors
 
 app = typer.Typer(help="Image recognition that keeps learning on the edge.", no_args_is_help=True,
@@ -27,7 +27,7 @@ def _register(group: typer.Typer, *commands, **named) -> None:
         group.command(name)(user_errors(command))
 
 
-_register(app, recognize.learn, recognize.predict, recognize.evaluate, recognize.calibrate, recognize.consolidate,
+_register(app, recognize.learn, recognize.predict, evaluate.evaluate, evaluate.calibrate, recognize.consolidate,
           recognize.info, recognize.demo)
 _register(app, station.serve)
 _register(app, share.merge, share.federate, share.federate_train)
