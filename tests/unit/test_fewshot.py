@@ -61,6 +61,9 @@ def test_familiarity_is_higher_for_learned_classes_than_for_others():
     score = slda._familiarity(Xt)
     auroc = (score[yt < 4][:, None] > score[yt >= 4][None]).mean()  # P(known scores above unknown)
     assert auroc > 0.95
+    snapshot = slda.snapshot()
+    slda.partial_fit(X[~known], y[~known])  # learning on does not change what the snapshot says
+    np.testing.assert_array_equal(snapshot._familiarity(Xt), score)
     one_class = StreamingLDA().partial_fit(X[y == 0], y[y == 0])  # no population centre: the origin
     assert np.isfinite(one_class._familiarity(Xt)).all()
 

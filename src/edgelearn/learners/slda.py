@@ -257,7 +257,8 @@ class StreamingLDA(Learner):
         """Predicting reads only ``(W, b)``: the snapshot carries those, not the d x d scatter."""
         W, b = self._weights()
         return {"_linear": (W, b), "counts_": self.counts_.copy(), "means_": self.means_.copy(),
-                "scatter_": None, "_pending": None}  # _shared, _offsets, _distance: replaced, never changed
+                "scatter_": None, "_pending": None,  # familiarity's parts are replaced on change, never changed
+                "_shared": self._shared, "_offsets": self._offsets, "_distance": self._distance}
 
     def _logit_gradient(self, X: np.ndarray, c: int) -> np.ndarray:
         w = self._weights()[0][c].astype(np.float64)
