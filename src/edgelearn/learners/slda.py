@@ -17,7 +17,7 @@ distance from the population centre toward the count-weighted average distance, 
 ``norm_prior`` average examples were added to the class, while keeping the mean's direction:
 a rare class is scored like a cosine classifier in SLDA's whitened space (SimpleShot's centring,
 Wang et al. 2019), a well-taught one like LDA. On frozen MobileNetV2 features this recalls a class
-taught once 2-2.5x as often as cosine nearest-class-mean and keeps LDA's closed-set accuracy
+taught once 1.7-2.8x as often as cosine nearest-class-mean and keeps LDA's closed-set accuracy
 (benchmarks/fewshot.py). Everything is a function of counts, means and the shared scatter, so
 merging stays exact.
 """
@@ -75,7 +75,7 @@ class StreamingLDA(Learner):
     _params = {"shrinkage": Param(float, 0, 1), "normalize": Param(bool), "norm_prior": Param(float, 0),
                **UNKNOWN_PARAMS}
 
-    def __init__(self, shrinkage: float = 0.5, *, normalize: bool = True, norm_prior: float = 30.0,
+    def __init__(self, shrinkage: float = 0.5, *, normalize: bool = True, norm_prior: float = 60.0,
                  unknown_threshold: float | None = None, unknown_label: str | None = None):
         self.shrinkage = shrinkage
         self.normalize = normalize
