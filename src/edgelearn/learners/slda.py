@@ -12,7 +12,7 @@ shrinkage 1e-4 gives 73 % at 96 px; 0.5 with normalisation gives 90 % (benchmark
 
 A class taught with one example has a mean that carries a whole example's noise: in the whitened
 space it lies far from the population centre, LDA's bias term ``-|mean|^2/2`` punishes it and it
-never wins (1-6 % recall of a class taught once). ``norm_prior`` pulls each class's whitened
+rarely wins (2-12 % recall of a class taught once). ``norm_prior`` pulls each class's whitened
 distance from the population centre toward the count-weighted average distance, as if
 ``norm_prior`` average examples were added to the class, while keeping the mean's direction:
 a rare class is scored like a cosine classifier in SLDA's whitened space (SimpleShot's centring,
