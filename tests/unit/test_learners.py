@@ -216,12 +216,12 @@ def test_snapshots_predict_as_the_learner_did_and_ignore_later_learning(kind):
 
 
 @pytest.mark.parametrize("shrinkage", [0.5, 0.05, 1e-3])
-def test_slda_weights_equal_the_float64_solve(shrinkage):
+def test_slda_weights_equal_the_float64_solve(shrinkage):  # norm_prior=0: plain LDA, as before it existed
     rng = np.random.default_rng(1)
     X = rng.normal(size=(300, 256)) ** 2  # non-negative, skewed, fewer examples than a full-rank scatter needs
     y = rng.integers(0, 10, len(X))
     X[:, :10] += np.eye(10)[y] * 2
-    slda = StreamingLDA(shrinkage).partial_fit(X, y)
+    slda = StreamingLDA(shrinkage, norm_prior=0).partial_fit(X, y)
     slda._flush()
     d, n = X.shape[1], slda.counts_.sum()
     cov = slda.scatter_ / n
