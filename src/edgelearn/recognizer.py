@@ -31,7 +31,7 @@ from edgelearn.learners.base import softmax
 
 ImageLike = Image.Image | str | os.PathLike | bytes
 CALIBRATION_NEEDED = 20  # held-out rows before the temperature is fitted
-FAMILIARITY_NEEDED = 5  # held-out familiarity values before anything is called unknown
+FAMILIARITY_NEEDED = 20  # held-out familiarity values before anything is called unknown (as for certainty)
 FAMILIARITY_QUANTILE = 0.05  # the threshold: 5 % of held-out examples of known classes fall below it
 
 

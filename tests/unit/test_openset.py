@@ -50,7 +50,7 @@ def test_a_class_with_one_example_gives_no_held_out_row():
     assert held.targets.tolist() == [0, 0, 0]
 
 
-@pytest.mark.parametrize("kind", ["slda", "fuzzy_artmap"])
+@pytest.mark.parametrize("kind", ["fuzzy_artmap"])  # NCM and SLDA have an exact leave-one-out instead
 def test_prequential_rows_are_scored_before_they_are_learned(kind):
     X, y = blobs(n_classes=3, per_class=6)
     learner = make_learner(kind).partial_fit(X[:12], y[:12])  # c0 and c1
@@ -68,13 +68,15 @@ def test_an_unknown_part_is_unknown_though_the_max_probability_was_sure():
     X, y, test, test_labels, unknown = known_and_unknown()
     rec = recognizer("slda")
     rec.learn_features(X, y)
-    assert rec.learner.predict_proba(unknown).max(axis=1).min() > 0.95  # what the old rule looked at
+    assert rec.learner.predict_proba(unknown).max(axis=1).min() > 0.5  # the old rule (0.5) called them known
     answers = rec.predict_features(unknown, top_k=2)
     assert all(a.unknown and a.label is None for a in answers)
     assert all(len(a.alternatives) == 2 and a.alternatives[0][1] == a.confidence for a in answers)  # closest first
     known = rec.predict_features(test)
-    assert [a.label for a in known] == list(test_labels) and not any(a.unknown for a in known)
-    assert known[0].to_dict()["familiarity"] > answers[0].to_dict()["familiarity"]
+    # the threshold is the 5th percentile of held-out familiarity: about 1 in 20 known images falls below it
+    assert sum(a.unknown for a in known) <= 3
+    assert all(a.label == t for a, t in zip(known, test_labels, strict=True) if not a.unknown)
+    assert min(a.familiarity for a in answers) < np.median([a.familiarity for a in known])
 
 
 def test_calibration_exists_after_one_taught_batch_of_three_classes_by_ten():

@@ -119,10 +119,11 @@ def test_corrections_are_logged_and_calibrate_the_confidence(station):
 def test_status_shows_calibration_progress_and_the_unknown_threshold(tmp_path):
     station = Station(config(tmp_path, learner="ncm"))
     assert station.status()["calibration"] == {"n": 0, "needed": 20, "calibrated": False}
-    teach(station, "red")  # held out: familiarity, but nothing to choose between yet
-    teach(station, "blue")
+    teach(station, "red", n=12)  # held out: familiarity, but nothing to choose between yet
+    assert station.status()["familiarity_threshold"] is None  # 12 values: too few to call anything unknown
+    teach(station, "blue", n=12)
     status = station.status()
-    assert status["calibration"] == {"n": 4, "needed": 20, "calibrated": False}
+    assert status["calibration"] == {"n": 12, "needed": 20, "calibrated": False}
     assert status["familiarity_threshold"] is not None
     p = station.predict(colour_image("red", 77), enqueue=False)
     assert p["unknown"] is False and p["label"] == "red" and p["familiarity"] >= status["familiarity_threshold"]
