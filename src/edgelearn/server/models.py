@@ -30,6 +30,8 @@ class PredictAnswer(Answer):
     confidence: float
     alternatives: list[Alternative]
     known_classes: int
+    unknown: bool | None = None  # unlike anything taught (familiarity below the learned threshold)
+    familiarity: float | None = None  # how much the image looks like what was taught (higher: more)
     representatives: list[Representative]
     heatmap: str | None = None  # a PNG data URL, when asked for
     message: str | None = None  # why there is no answer (nothing learned yet)
@@ -119,6 +121,12 @@ class LiveCalibration(Answer):
     ece: float | None  # expected calibration error
 
 
+class Calibration(Answer):
+    n: int  # held-out examples seen
+    needed: int  # before the certainty is calibrated
+    calibrated: bool
+
+
 class StatusAnswer(Answer):
     classes: list[str]
     examples: int
@@ -131,6 +139,8 @@ class StatusAnswer(Answer):
     events: int
     open_queue: int
     live_calibration: LiveCalibration
+    calibration: Calibration | None = None
+    familiarity_threshold: float | None = None  # below it an image is unknown (null: too few examples yet)
     config: dict[str, Any] | None = None  # only with a token
 
 
@@ -149,3 +159,35 @@ class Event(Answer):
 
 class EventsAnswer(Answer):
     events: list[Event]  # newest first
+
+
+# -- classes ------------------------------------------------------------------------------------------
+class ClassCard(Answer):
+    name: str
+    examples: int
+    thumbnails: list[int]  # GET /api/thumbnails/{id}; empty unless the station keeps images
+    few: bool  # fewer than 5 examples: teach more
+
+
+class ClassesAnswer(Answer):
+    classes: list[ClassCard]
+
+
+class ClassChangeAnswer(Answer):
+    version: int  # the new version
+    classes: list[str]
+
+
+class Undone(Answer):
+    kind: str  # teach, confirm, correct or label
+    label: str
+    examples: int
+    user: str | None
+
+
+class UndoAnswer(ClassChangeAnswer):
+    undone: Undone
+
+
+class TokenAnswer(Answer):
+    access: str  # write, read or none
