@@ -331,9 +331,15 @@ def test_unknown_parts_and_the_labelling_queue(tmp_path):
         item.get_by_label("class").fill("")
         item.get_by_role("button", name="Learn").click()  # an empty label is a mistake, not a dismissal
         playwright.expect(item.locator(".message")).to_have_text("type the class first (or press Dismiss)")
+        other = {"red": "blue", "blue": "red"}[suggested]
+        card(page, other).get_by_role("button", name="Rename").click()
+        page.get_by_label("new name").fill(f"{other} 2")
+        page.get_by_label("new name").press("Enter")
+        expect_message(page, rf"renamed {other} to {other} 2", "classes")
+        playwright.expect(item.locator(".keys")).to_have_text(f"1 {suggested} · 2 {other} 2")  # today's names
         item.focus()
         page.keyboard.press("2")  # number keys: the top classes
-        playwright.expect(item.get_by_label("class")).to_have_value({"red": "blue", "blue": "red"}[suggested])
+        playwright.expect(item.get_by_label("class")).to_have_value(f"{other} 2")
         item.get_by_label("class").fill("green")
         item.get_by_label("class").press("Enter")
         expect_message(page, r"learned green", "queue")

@@ -519,13 +519,13 @@ function versionRow(v, active) {
 }
 
 // -- the labelling queue ------------------------------------------------------------------------------
-let queueShown = null;  // the ids on screen: an unchanged queue keeps what the worker is typing
+let queueShown = null;  // the ids and classes on screen: an unchanged queue keeps what the worker is typing
 
 async function refreshQueue() {
   const { items } = await api("/api/queue?limit=20");
-  const ids = items.map((i) => i.id).join(",");
-  if (ids === queueShown) return;
-  queueShown = ids;
+  const shown = JSON.stringify([items.map((i) => i.id), classInfo.map((c) => c.name)]);  // keys name classes
+  if (shown === queueShown) return;
+  queueShown = shown;
   $("queue").replaceChildren(...items.map(queueItem));
   if (!items.length) $("queue").append(element("li", { textContent: "nothing to label" }));
 }
