@@ -62,6 +62,7 @@ function sayAfterRebuild(text, near) {
 function ask(near, question, choices, field = null) {
   const message = messageFor(near);
   message.parentElement.querySelector(":scope > .ask")?.cancel();
+  message.textContent = "";  // the question replaces what was said there ("teaching…" is on hold)
   return new Promise((resolve) => {
     const form = element("form", { className: "ask row" }, element("span", { textContent: question }));
     form.setAttribute("role", "group");
