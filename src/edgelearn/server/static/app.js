@@ -356,6 +356,7 @@ $("teach-form").addEventListener("submit", async (e) => {
     say(`learned ${plural(r.result.learned, "image")}${r.label ? " of " + r.label : ""}`, false, near);
     $("teach-files").value = "";
     showPicked();
+    await refreshDecision();
   } catch (err) { say(err.message, true, near); } finally { near.disabled = false; }
 });
 
@@ -578,6 +579,7 @@ async function labelQueued(item, label, near) {
     if (!r) return;
     say(`learned ${r.label}`, false, $("queue"));
     await refresh();
+    await refreshDecision();  // the station knows more now: what it says about the image on screen
   } catch (err) { say(err.message, true, near); }
 }
 
