@@ -38,10 +38,23 @@ function messageFor(near) {
   return $("message");
 }
 
+// One message at a time: a new one clears the others (an old "learned ..." would describe a state that
+// an undo or a rollback has since changed).
 function say(text, error = false, near = null) {
   const message = messageFor(near);
+  if (text) for (const other of document.querySelectorAll(".message")) if (other !== message) other.textContent = "";
   message.textContent = text;
   message.classList.toggle("error", error);
+}
+
+// The same, after the control that caused it was rebuilt (a card, a version row): its message takes the
+// keyboard focus, so that Tab goes on from there instead of from the top of the page.
+function sayAfterRebuild(text, near) {
+  say(text, false, near);
+  if (document.activeElement !== document.body) return;
+  const message = messageFor(near);
+  message.tabIndex = -1;
+  message.focus();
 }
 
 // A question asked next to `near`, answered with one of `choices` (its index) or Cancel/Escape (null);
@@ -49,6 +62,7 @@ function say(text, error = false, near = null) {
 function ask(near, question, choices, field = null) {
   const message = messageFor(near);
   message.parentElement.querySelector(":scope > .ask")?.cancel();
+  message.textContent = "";  // the question replaces what was said there ("teaching…" is on hold)
   return new Promise((resolve) => {
     const form = element("form", { className: "ask row" }, element("span", { textContent: question }));
     form.setAttribute("role", "group");
@@ -64,7 +78,10 @@ function ask(near, question, choices, field = null) {
     cancel.addEventListener("click", () => answer(null));
     form.append(cancel);
     form.addEventListener("submit", (e) => { e.preventDefault(); answer(0); });
-    form.addEventListener("keydown", (e) => { if (e.key === "Escape") answer(null); });
+    form.addEventListener("keydown", (e) => {
+      if (e.key === "Escape") answer(null);
+      if (e.key === "Enter" && e.target.tagName === "SELECT") { e.preventDefault(); form.requestSubmit(); }
+    });
     message.after(form);
     (field?.field ?? field ?? form.querySelector("button")).focus();
   });
@@ -336,18 +353,21 @@ $("teach-form").addEventListener("submit", async (e) => {
     const pairs = files.map((f) => [f.name, f]);
     const r = await withSuggestion(near, label, (l, isNew) => learn(pairs, l, { new_class: newClass(isNew) }));
     if (!r) { say("nothing taught", false, near); return; }
-    say(`learned ${r.result.learned} image(s)${r.label ? " of " + r.label : ""}`, false, near);
+    say(`learned ${plural(r.result.learned, "image")}${r.label ? " of " + r.label : ""}`, false, near);
     $("teach-files").value = "";
     showPicked();
+    await refreshDecision();
   } catch (err) { say(err.message, true, near); } finally { near.disabled = false; }
 });
+
+const DONE = { teach: "taught", confirm: "confirmed", correct: "corrected", label: "labelled from the queue" };
 
 $("undo").addEventListener("click", async () => {
   const near = $("undo");
   try {
     const { undone: u } = await api("/api/undo", { method: "POST" });
     const who = u.user ? ` by ${u.user}` : "";
-    say(`undone: ${plural(u.examples, "example")} of ${u.label} (${u.kind}${who})`, false, near);
+    say(`undone: ${plural(u.examples, "example")} of ${u.label} (${DONE[u.kind] ?? u.kind}${who})`, false, near);
     usedFor = null;  // that frame's feedback may be given again
     await refresh();
     await refreshDecision();
@@ -395,7 +415,7 @@ async function classOperation(near, path, fields, done) {
   try {
     const r = await api(`/api/classes/${path}`, { method: "POST", form: formOf(fields) });
     await refresh();
-    say(`${done} (version ${r.version})`, false, $("class-cards"));
+    sayAfterRebuild(`${done} (version ${r.version})`, $("class-cards"));
     await refreshDecision();
   } catch (err) { say(err.message, true, near); }
 }
@@ -469,8 +489,8 @@ async function rollback(near, version) {
   if (await ask(near, question, [`Roll back to ${version}`]) !== 0) return;
   try {
     const r = await api(`/api/versions/${version}/rollback`, { method: "POST" });
-    say(`rolled back to version ${version} (now ${r.version})`, false, $("versions"));
-    await refresh();
+    await refresh();  // first: the rows are rebuilt, the message then takes the focus from the gone button
+    sayAfterRebuild(`rolled back to version ${version} (now ${r.version})`, $("versions"));
     await refreshDecision();
   } catch (err) { say(err.message, true, $("versions")); }
 }
@@ -501,13 +521,13 @@ function versionRow(v, active) {
 }
 
 // -- the labelling queue ------------------------------------------------------------------------------
-let queueShown = null;  // the ids on screen: an unchanged queue keeps what the worker is typing
+let queueShown = null;  // the ids and classes on screen: an unchanged queue keeps what the worker is typing
 
 async function refreshQueue() {
   const { items } = await api("/api/queue?limit=20");
-  const ids = items.map((i) => i.id).join(",");
-  if (ids === queueShown) return;
-  queueShown = ids;
+  const shown = JSON.stringify([items.map((i) => i.id), classInfo.map((c) => c.name)]);  // keys name classes
+  if (shown === queueShown) return;
+  queueShown = shown;
   $("queue").replaceChildren(...items.map(queueItem));
   if (!items.length) $("queue").append(element("li", { textContent: "nothing to label" }));
 }
@@ -559,6 +579,7 @@ async function labelQueued(item, label, near) {
     if (!r) return;
     say(`learned ${r.label}`, false, $("queue"));
     await refresh();
+    await refreshDecision();  // the station knows more now: what it says about the image on screen
   } catch (err) { say(err.message, true, near); }
 }
 
