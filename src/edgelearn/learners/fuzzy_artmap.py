@@ -56,6 +56,9 @@ class _Quantized(NamedTuple):
     weights: np.ndarray  # uint8, rounded ``weights_ * LEVELS``
     sums: np.ndarray  # int64, their row sums
     norms: np.ndarray  # ``alpha + |w_j|`` of the float32 weights, as learning computes it
+    order: np.ndarray  # the representations sorted by class,
+    starts: np.ndarray  # where each class's run starts in that order
+    classes: np.ndarray  # and whose run it is
 
 
 class FuzzyArtmap(Learner):
@@ -184,13 +187,17 @@ class FuzzyArtmap(Learner):
         choices = overlap / (2 * LEVELS) / q.norms
         k = min(RESCORED, len(q.norms))
         for i, best in enumerate(np.argpartition(-choices, k - 1, axis=1)[:, :k] if k else []):
-            choices[i, best] = fuzzy_and_sums(self.weights_[best], I[i:i + 1])[0] / q.norms[best]
+            choices[i, best] = np.minimum(self.weights_[best], I[i]).sum(axis=1) / q.norms[best]
         return choices
 
     def _quantized(self) -> _Quantized:
         if getattr(self, "_uint8", None) is None:  # replaced on change, never changed: snapshots may share it
             W = np.rint(self.weights_ * LEVELS).astype(np.uint8)
-            self._uint8 = _Quantized(W, W.sum(axis=1, dtype=np.int64), self._alpha + self.weights_.sum(axis=1))
+            order = np.argsort(self.category_class_, kind="stable")
+            classes = self.category_class_[order]
+            starts = np.flatnonzero(np.r_[True, classes[1:] != classes[:-1]])
+            self._uint8 = _Quantized(W, W.sum(axis=1, dtype=np.int64), self._alpha + self.weights_.sum(axis=1),
+                                     order, starts, classes[starts])
         return self._uint8
 
     def _invalidate(self) -> None:
@@ -199,11 +206,9 @@ class FuzzyArtmap(Learner):
     # -- prediction ---------------------------------------------------------------------------------
     def _scores(self, X: np.ndarray) -> np.ndarray:
         """Per class, the best choice value ``T_j`` among its representations, ``(n, n_classes)``."""
-        order = np.argsort(self.category_class_, kind="stable")
-        classes = self.category_class_[order]
-        starts = np.flatnonzero(np.r_[True, classes[1:] != classes[:-1]])
+        q = self._quantized()
         scores = np.zeros((len(X), len(self.classes_)))
-        scores[:, classes[starts]] = np.maximum.reduceat(self._choices(X)[:, order], starts, axis=1)
+        scores[:, q.classes] = np.maximum.reduceat(self._choices(X)[:, q.order], q.starts, axis=1)
         return scores
 
     def _logits(self, X: np.ndarray) -> np.ndarray:
