@@ -11,6 +11,7 @@ Every figure: numpy, BLAS and OpenCV on 1 thread, the variants interleaved repea
 median of ``--repeats`` (>= 5) after a warm-up repeat. Writes benchmarks/results/learner_speed.{json,md}.
 """
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -125,7 +126,9 @@ def per_frame(repeats: int, frames: dict[str, int]) -> dict:
 
 def markdown(results: dict) -> str:
     lines = ["# Module B on a device: learner speed, 1 thread", "",
-             f"Medians of {results['repeats']} interleaved repeats after a warm-up; learner only (features given).", "",
+             f"Medians of {results['repeats']} interleaved repeats after a warm-up; learner only (features given). "
+             f"Load average during the run: {results['load']:.1f} on {os.cpu_count()} cores (other work slows "
+             "every figure alike; compare within a table).", "",
              "## Fuzzy ARTMAP, one prediction at a time, 1,000 classes", "",
              "| representations | uint8 (now) predictions/s | float32 (before) | same prediction (200 queries) |",
              "|---:|---:|---:|---:|"]
@@ -160,6 +163,7 @@ def main() -> None:
                    "fuzzy_artmap_1000_classes": [artmap_at_1000_classes(args.repeats, c) for c in (False, True)],
                    "per_frame_10_classes": per_frame(args.repeats, {"slda": 20, "ncm": 500, "fuzzy_artmap": 500}),
                    "fuzzy_artmap_real_agreement": {} if args.no_real else artmap_agreement_on_real_features()}
+    results["load"] = os.getloadavg()[0]
     text = markdown(results)
     common.write_results("learner_speed", {"learners": list(LEARNERS)}, vars(args) | {"data": str(args.data)},
                          results, text)

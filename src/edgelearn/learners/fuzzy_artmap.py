@@ -182,11 +182,12 @@ class FuzzyArtmap(Learner):
         best of each row exactly, so the winner is today's unless rounding moved it out of those."""
         q = self._quantized()
         I = self._code(X)
+        if len(q.norms) <= RESCORED:  # all would be rescored: float32 alone
+            return fuzzy_and_sums(self.weights_, I) / q.norms
         I8 = np.rint(I * LEVELS).astype(np.uint8)
         overlap = I8.sum(axis=1, dtype=np.int64)[:, None] + q.sums - l1_distances(q.weights, I8)
         choices = overlap / (2 * LEVELS) / q.norms
-        k = min(RESCORED, len(q.norms))
-        for i, best in enumerate(np.argpartition(-choices, k - 1, axis=1)[:, :k] if k else []):
+        for i, best in enumerate(np.argpartition(-choices, RESCORED - 1, axis=1)[:, :RESCORED]):
             choices[i, best] = np.minimum(self.weights_[best], I[i]).sum(axis=1) / q.norms[best]
         return choices
 
