@@ -31,9 +31,11 @@ found by measuring the alternatives (see benchmarks/dicla.py and the README):
   imbalance more but costs union-consolidated accuracy.
 * **Prediction on uint8**: predicting reads every representation once per input, so its speed is
   memory traffic. Inputs and weights are rounded to 255 levels and ``|I ^ w| = (|I| + |w| - L1(I, w)) / 2``
-  uses OpenCV's uint8 L1 kernel: 10-15x faster than the float32 minima at 1,000 classes. Each rounded
-  term is off by at most 1/510, so ``|I ^ w|`` by at most ``d / 255`` (d features); the box sizes
-  ``|w|`` stay exact. Learning (resonance, match tracking), merging and packages use the float32 weights.
+  uses OpenCV's uint8 L1 kernel: 6-10x the predictions/s of the float32 minima at 1,000 classes
+  (benchmarks/learner_speed.py). Each rounded term is off by at most 1/510, so ``|I ^ w|`` by at most
+  ``d / 255`` (d features); the box sizes ``|w|`` stay exact, and each input's best representations are
+  scored again in float32, so the winners are the float32 ones (all of them on held-out imagenette and
+  NEU features). Learning (resonance, match tracking), merging and packages use the float32 weights.
 * **Consolidation** folds each class's representations into at most ``max_per_class``:
   ``"union"`` takes the fuzzy AND (the smallest hyperbox holding them all, what ART itself
   would learn), ``"mean"`` the count-weighted mean.
