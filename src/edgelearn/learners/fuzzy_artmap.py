@@ -29,16 +29,38 @@ found by measuring the alternatives (see benchmarks/dicla.py and the README):
   (100 per class, 10 steps) NEU 85.7 -> 89.2 %, imagenette 86.3 -> 87.7 %, consolidated no worse;
   about 1.5x the representations before consolidation. A larger ``choice`` or ``lr = 1`` helps
   imbalance more but costs union-consolidated accuracy.
+* **Prediction on uint8**: predicting reads every representation once per input, so its speed is
+  memory traffic. Inputs and weights are rounded to 255 levels and ``|I ^ w| = (|I| + |w| - L1(I, w)) / 2``
+  uses OpenCV's uint8 L1 kernel: 6-10x the predictions/s of the float32 minima at 1,000 classes
+  (benchmarks/learner_speed.py). Each rounded term is off by at most 1/510, so ``|I ^ w|`` by at most
+  ``d / 255`` (d features); the box sizes ``|w|`` stay exact, and each input's best representations are
+  scored again in float32, so the winners are the float32 ones (all of them on held-out imagenette and
+  NEU features). Learning (resonance, match tracking), merging and packages use the float32 weights.
 * **Consolidation** folds each class's representations into at most ``max_per_class``:
   ``"union"`` takes the fuzzy AND (the smallest hyperbox holding them all, what ART itself
   would learn), ``"mean"`` the count-weighted mean.
 """
+
+from typing import NamedTuple
 
 import numpy as np
 
 from edgelearn.learners.base import UNKNOWN_PARAMS, Learner, Param
 
 STRATEGIES = ("union", "mean")
+LEVELS = 255  # what predicting rounds inputs and weights to (uint8)
+RESCORED = 16  # per input, the best representations by the uint8 form scored again in float32
+
+
+class _Quantized(NamedTuple):
+    """The representations as predicting reads them, made once per change of the weights."""
+
+    weights: np.ndarray  # uint8, rounded ``weights_ * LEVELS``
+    sums: np.ndarray  # int64, their row sums
+    norms: np.ndarray  # ``alpha + |w_j|`` of the float32 weights, as learning computes it
+    order: np.ndarray  # the representations sorted by class,
+    starts: np.ndarray  # where each class's run starts in that order
+    classes: np.ndarray  # and whose run it is
 
 
 class FuzzyArtmap(Learner):
@@ -112,6 +134,7 @@ class FuzzyArtmap(Learner):
     # -- learning -----------------------------------------------------------------------------------
     def _learn(self, X: np.ndarray, idx: np.ndarray) -> None:
         I_all = self._code(X)
+        self._invalidate()
         dim = I_all.shape[1] / 2  # |I| of a complement-coded input
         norms = self.weights_.sum(axis=1) + self._alpha  # alpha + |w_j|, kept current below
         for I, label in zip(I_all, idx, strict=True):
@@ -156,17 +179,39 @@ class FuzzyArtmap(Learner):
         return self.choice * self.n_features_in_
 
     def _choices(self, X: np.ndarray) -> np.ndarray:
-        """The choice value ``T_j`` of every row for every representation, ``(n, n_representations)``."""
-        return fuzzy_and_sums(self.weights_, self._code(X)) / (self._alpha + self.weights_.sum(axis=1))
+        """The choice value ``T_j`` of every row for every representation, ``(n, n_representations)``:
+        from the uint8 form (within ``d / 255 / (alpha + |w_j|)`` of the float32 value), the ``RESCORED``
+        best of each row exactly, so the winner is today's unless rounding moved it out of those."""
+        q = self._quantized()
+        I = self._code(X)
+        if len(q.norms) <= RESCORED:  # all would be rescored: float32 alone
+            return fuzzy_and_sums(self.weights_, I) / q.norms
+        I8 = np.rint(I * LEVELS).astype(np.uint8)
+        overlap = I8.sum(axis=1, dtype=np.int64)[:, None] + q.sums - l1_distances(q.weights, I8)
+        choices = overlap / (2 * LEVELS) / q.norms
+        for i, best in enumerate(np.argpartition(-choices, RESCORED - 1, axis=1)[:, :RESCORED]):
+            choices[i, best] = np.minimum(self.weights_[best], I[i]).sum(axis=1) / q.norms[best]
+        return choices
+
+    def _quantized(self) -> _Quantized:
+        if getattr(self, "_uint8", None) is None:  # replaced on change, never changed: snapshots may share it
+            W = np.rint(self.weights_ * LEVELS).astype(np.uint8)
+            order = np.argsort(self.category_class_, kind="stable")
+            classes = self.category_class_[order]
+            starts = np.flatnonzero(np.r_[True, classes[1:] != classes[:-1]])
+            self._uint8 = _Quantized(W, W.sum(axis=1, dtype=np.int64), self._alpha + self.weights_.sum(axis=1),
+                                     order, starts, classes[starts])
+        return self._uint8
+
+    def _invalidate(self) -> None:
+        self._uint8 = None
 
     # -- prediction ---------------------------------------------------------------------------------
     def _scores(self, X: np.ndarray) -> np.ndarray:
         """Per class, the best choice value ``T_j`` among its representations, ``(n, n_classes)``."""
-        order = np.argsort(self.category_class_, kind="stable")
-        classes = self.category_class_[order]
-        starts = np.flatnonzero(np.r_[True, classes[1:] != classes[:-1]])
+        q = self._quantized()
         scores = np.zeros((len(X), len(self.classes_)))
-        scores[:, classes[starts]] = np.maximum.reduceat(self._choices(X)[:, order], starts, axis=1)
+        scores[:, q.classes] = np.maximum.reduceat(self._choices(X)[:, q.order], q.starts, axis=1)
         return scores
 
     def _logits(self, X: np.ndarray) -> np.ndarray:
@@ -213,6 +258,7 @@ class FuzzyArtmap(Learner):
             weights.append(W)
             counts.append(n)
             classes.append(np.full(len(W), c))
+        self._invalidate()
         self.weights_ = np.concatenate(weights).astype(np.float32)
         self.category_class_ = np.concatenate(classes).astype(np.int64)
         self.category_count_ = np.concatenate(counts).astype(np.int64)
@@ -273,6 +319,17 @@ def fuzzy_and_sums(W: np.ndarray, I: np.ndarray, block_bytes: int = 256 * 1024) 
         for i, x in enumerate(I):
             np.minimum(block, x, out=tmp)
             out[i, lo:lo + rows] = tmp @ ones
+    return out
+
+
+def l1_distances(W: np.ndarray, I: np.ndarray) -> np.ndarray:
+    """L1 distances between uint8 rows, ``(m, k), (n, k) -> (n, m)`` int64, by OpenCV's SIMD kernel
+    (imported here: only predicting needs it)."""
+    import cv2
+
+    out = np.empty((len(I), len(W)), np.int64)
+    for i, x in enumerate(I if len(W) else []):  # each against all representations (K=1 nearest of one row)
+        out[i] = cv2.batchDistance(W, x[None], cv2.CV_32S, normType=cv2.NORM_L1, K=1)[0][:, 0]
     return out
 
 

@@ -1,0 +1,174 @@
+"""Module B's speed on a device (issue 19 §4), learner only, one thread, honest by construction.
+
+    python benchmarks/learner_speed.py            # about a minute on 2 cores
+
+- Fuzzy ARTMAP predictions one at a time at 1,000 classes: the uint8 form (now) beside the float32
+  minima it replaced (before), interleaved in the same run; and how often the two predict the same
+  class on held-out real features (imagenette and NEU at 96 px, when their features are cached).
+- Per-frame predict-then-learn at 10 classes, as a camera would (predict one frame, learn it, next
+  frame), beside predict-only, for every learner.
+Every figure: numpy, BLAS and OpenCV on 1 thread, the variants interleaved repeat by repeat, the
+median of ``--repeats`` (>= 5) after a warm-up repeat. Writes benchmarks/results/learner_speed.{json,md}.
+"""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from benchmarks import common  # noqa: E402
+from edgelearn.learners import FuzzyArtmap, make_learner  # noqa: E402
+from edgelearn.learners.fuzzy_artmap import fuzzy_and_sums  # noqa: E402
+
+DIM = 1280  # MobileNetV2's pooled features
+LEARNERS = ("slda", "ncm", "fuzzy_artmap")
+
+
+class Float32Artmap(FuzzyArtmap):
+    """Fuzzy ARTMAP predicting as before the uint8 form (the code as it was): float32 minima of every
+    representation, the class runs sorted on each call."""
+
+    def _choices(self, X):
+        return fuzzy_and_sums(self.weights_, self._code(X)) / (self._alpha + self.weights_.sum(axis=1))
+
+    def _scores(self, X):
+        order = np.argsort(self.category_class_, kind="stable")
+        classes = self.category_class_[order]
+        starts = np.flatnonzero(np.r_[True, classes[1:] != classes[:-1]])
+        scores = np.zeros((len(X), len(self.classes_)))
+        scores[:, classes[starts]] = np.maximum.reduceat(self._choices(X)[:, order], starts, axis=1)
+        return scores
+
+
+def features(classes: int, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """ReLU-like features: a profile all classes share plus one of their own, times per-image noise."""
+    rng = np.random.default_rng(seed)
+    profiles = np.random.default_rng(0)
+    centres = profiles.gamma(0.5, 1.0, DIM) + 0.5 * profiles.gamma(0.5, 1.0, (classes, DIM))
+    y = np.repeat(np.arange(classes), per_class)
+    return centres[y] * rng.gamma(2.0, 0.5, (len(y), DIM)), y
+
+
+def median_rate(runs: dict, repeats: int) -> dict:
+    """Per name: items/s, the median over ``repeats`` interleaved rounds after one warm-up round."""
+    rates = {name: [] for name in runs}
+    for round_ in range(repeats + 1):
+        for name, (run, items) in runs.items():
+            start = time.perf_counter()
+            run()
+            if round_:  # round 0 warms caches up
+                rates[name].append(items / (time.perf_counter() - start))
+    return {name: float(np.median(r)) for name, r in rates.items()}
+
+
+def artmap_at_1000_classes(repeats: int, consolidated: bool) -> dict:
+    X, y = features(1000, 2, seed=1)
+    now = FuzzyArtmap().partial_fit(X, y)
+    if consolidated:
+        now.consolidate()  # one representation per class
+    before = Float32Artmap()
+    before.load_state_dict(now.state_dict())
+    queries = features(1000, 1, seed=2)[0][:200]
+
+    def one_at_a_time(model):
+        return lambda: [model.predict(row[None]) for row in queries]
+
+    rates = median_rate({"uint8 (now)": (one_at_a_time(now), len(queries)),
+                         "float32 (before)": (one_at_a_time(before), len(queries))}, repeats)
+    same = float((now.predict(queries) == before.predict(queries)).mean())
+    return {"representations": now.n_representations, "predictions_per_s": rates, "same_prediction": same}
+
+
+def artmap_agreement_on_real_features() -> dict:
+    """Share of held-out images predicted the same by the uint8 and float32 forms, per data set."""
+    out = {}
+    for name in ("imagenette", "neu_cls"):
+        try:
+            data = common.dataset_features(name, 96, common.default_weights())
+        except (FileNotFoundError, OSError) as error:
+            out[name] = f"skipped: {error}"
+            continue
+        (X, y, _), (Xt, _, _) = data["train"], data["test"]
+        now = FuzzyArtmap().partial_fit(X, y)
+        before = Float32Artmap()
+        before.load_state_dict(now.state_dict())
+        out[name] = {"test_images": len(Xt), "same_prediction": float((now.predict(Xt) == before.predict(Xt)).mean())}
+    return out
+
+
+def per_frame(repeats: int, frames: dict[str, int]) -> dict:
+    """Predict one frame, learn it, next frame, at 10 classes (5 taught per class first); beside predict-only."""
+    X, y = features(10, 5, seed=3)
+    stream, labels = features(10, max(frames.values()), seed=4)
+    order = np.random.default_rng(5).permutation(len(stream))
+    stream, labels = stream[order], labels[order]
+    runs = {}
+    for kind in LEARNERS:
+        learner, n = make_learner(kind).partial_fit(X, y), frames[kind]
+
+        def camera(learner=learner, n=n):
+            for row, label in zip(stream[:n], labels[:n], strict=True):
+                learner.predict(row[None])
+                learner.partial_fit(row[None], [label])
+
+        def predict_only(learner=learner, n=n):
+            for row in stream[:n]:
+                learner.predict(row[None])
+
+        runs[f"{kind} predict-then-learn"] = (camera, n)
+        runs[f"{kind} predict only"] = (predict_only, n)
+    return median_rate(runs, repeats)
+
+
+def markdown(results: dict) -> str:
+    lines = ["# Module B on a device: learner speed, 1 thread", "",
+             f"Medians of {results['repeats']} interleaved repeats after a warm-up; learner only (features given). "
+             f"Load average during the run: {results['load']:.1f} on {os.cpu_count()} cores (other work slows "
+             "every figure alike; compare within a table).", "",
+             "## Fuzzy ARTMAP, one prediction at a time, 1,000 classes", "",
+             "| representations | uint8 (now) predictions/s | float32 (before) | same prediction (200 queries) |",
+             "|---:|---:|---:|---:|"]
+    for fam in results["fuzzy_artmap_1000_classes"]:
+        rate = fam["predictions_per_s"]
+        lines.append(f"| {fam['representations']} | {rate['uint8 (now)']:,.0f} | {rate['float32 (before)']:,.0f} "
+                     f"| {fam['same_prediction']:.1%} |")
+    lines += ["", "Same prediction on held-out real features (96 px), uint8 vs float32:"]
+    for name, value in results["fuzzy_artmap_real_agreement"].items():
+        text = value if isinstance(value, str) else f"{value['same_prediction']:.2%} of {value['test_images']}"
+        lines.append(f"- {name}: {text}")
+    lines += ["", "## Per frame at 10 classes (predict one frame, learn it, next frame)", "",
+              "| learner | predict-then-learn frames/s | predict-only frames/s |", "|---|---:|---:|"]
+    rates = results["per_frame_10_classes"]
+    lines += [f"| {kind} | {rates[f'{kind} predict-then-learn']:,.0f} | {rates[f'{kind} predict only']:,.0f} |"
+              for kind in LEARNERS]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = common.argument_parser(__doc__)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-real", action="store_true", help="skip the agreement on real features")
+    args = parser.parse_args()
+    if args.repeats < 5:
+        parser.error("--repeats must be at least 5 (medians of fewer are not worth reporting)")
+    import cv2
+
+    cv2.setNumThreads(1)  # the uint8 kernel is OpenCV's: one thread, like numpy's BLAS
+    with threadpool_limits(1):
+        results = {"repeats": args.repeats,
+                   "fuzzy_artmap_1000_classes": [artmap_at_1000_classes(args.repeats, c) for c in (False, True)],
+                   "per_frame_10_classes": per_frame(args.repeats, {"slda": 20, "ncm": 500, "fuzzy_artmap": 500}),
+                   "fuzzy_artmap_real_agreement": {} if args.no_real else artmap_agreement_on_real_features()}
+    results["load"] = os.getloadavg()[0]
+    text = markdown(results)
+    common.write_results("learner_speed", {"learners": list(LEARNERS)}, vars(args) | {"data": str(args.data)},
+                         results, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
