@@ -158,3 +158,21 @@ def test_a_station_serves_from_a_bundle_and_says_heat_maps_need_torch(bundle, tm
             station.predict(colour_image("red", 7), heatmap=True)
     finally:
         station.close()
+
+
+def test_edgelearn_serve_takes_a_bundle_as_its_weights(bundle, tmp_path):
+    from tests.integration.server import Server
+    from tests.unit.test_station import png
+
+    server = Server(tmp_path / "station", "--backbone", "tiny", "--weights", str(bundle), "--input-size", "32")
+    try:
+        server.teach("red", "blue")
+        files = {"image": ("b.png", png("blue", 9), "image/png")}
+
+        answer = server.client.post("/api/predict", headers=server.auth(), files=files)
+        heat = server.client.post("/api/predict?heatmap=true", headers=server.auth(), files=files)
+
+        assert answer.status_code == 200 and answer.json()["label"] == "blue"
+        assert heat.status_code == 400 and "heat maps need the PyTorch backbone" in heat.text
+    finally:
+        server.stop()
