@@ -176,3 +176,36 @@ def test_edgelearn_serve_takes_a_bundle_as_its_weights(bundle, tmp_path):
         assert heat.status_code == 400 and "heat maps need the PyTorch backbone" in heat.text
     finally:
         server.stop()
+
+
+NO_TORCH_CLI = """
+import sys
+class Block:  # torch and torchvision are not installed (scipy trips on a None in sys.modules, so: a finder)
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+from edgelearn.cli.app import app
+app()
+"""
+
+
+def test_learn_predict_and_evaluate_run_from_a_bundle_without_torch(bundle, tmp_path):
+    from tests.conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "colours", per_class=3)
+    model = tmp_path / "m.edge"
+
+    def cli(*args):
+        done = subprocess.run([sys.executable, "-c", NO_TORCH_CLI, *args, "--json"], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    cli("learn", str(data / "train"), "-o", str(model), "--backbone", "tiny", "--weights", str(bundle),
+        "--learner", "ncm")
+    predicted = cli("predict", str(model), str(data / "test" / "red" / "red_0.png"))
+    evaluated = cli("evaluate", str(model), str(data / "test"))
+
+    assert predicted["predictions"][0]["label"] == "red"
+    assert evaluated["accuracy"] == 1.0
