@@ -11,12 +11,14 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 from rich.progress import track
 
-from edgelearn.backbones import WEIGHTS_ENV, Backbone, build_backbone
+from edgelearn.backbones import WEIGHTS_ENV, build_backbone
+from edgelearn.backbones.bundle import is_bundle
 from edgelearn.data.cache import FeatureCache, content_hash
 from edgelearn.data.images import load_image, to_rgb
 from edgelearn.errors import DatasetError, ImageError, IncompatibleError
@@ -28,6 +30,9 @@ from edgelearn.knowledge.schema import MAX_FAMILIARITY
 from edgelearn.labels import check_label
 from edgelearn.learners import HeldOut, Learner, learner_from_state, make_learner
 from edgelearn.learners.base import softmax
+
+if TYPE_CHECKING:  # a bundle's backbone needs no torch: import the PyTorch one only where it is built
+    from edgelearn.backbones import Backbone
 
 ImageLike = Image.Image | str | os.PathLike | bytes
 CALIBRATION_NEEDED = 20  # held-out rows before the temperature is fitted
@@ -128,7 +133,7 @@ class Recognizer:
     'parts/red'
     """
 
-    def __init__(self, backbone: Backbone | None, learner: Learner, *, examples_seen: dict | None = None,
+    def __init__(self, backbone: "Backbone | None", learner: Learner, *, examples_seen: dict | None = None,
                  fingerprint: dict | None = None, weights_path: str | None = None, sources: list | None = None,
                  temperature: float = 1.0, evidence: Evidence | None = None, unknown_below: float | None = None):
         self.backbone = backbone
@@ -326,7 +331,7 @@ class Recognizer:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, weights=None, backbone: Backbone | None = None,
+    def load(cls, path: str | os.PathLike, *, weights=None, backbone: "Backbone | None" = None,
              with_backbone: bool = True, policy: ImportPolicy | None = None,
              allow_other_precision: bool = False, runtime: str = "torch") -> "Recognizer":
         """Load a saved recognizer or a site's package; refuses it if the backbone differs from
@@ -344,7 +349,7 @@ class Recognizer:
                                  runtime)
 
     @classmethod
-    def from_bytes(cls, data: bytes, name: str = "<package>", *, weights=None, backbone: Backbone | None = None,
+    def from_bytes(cls, data: bytes, name: str = "<package>", *, weights=None, backbone: "Backbone | None" = None,
                    with_backbone: bool = True, policy: ImportPolicy | None = None,
                    allow_other_precision: bool = False, runtime: str = "torch") -> "Recognizer":
         """:meth:`load` for a package held in memory (an upload, a stored version)."""
@@ -407,12 +412,15 @@ class Recognizer:
             raise ValueError("this recognizer was loaded without its backbone (with_backbone=False)")
 
 
-def _rebuild_backbone(manifest: dict, weights, runtime: str = "torch") -> Backbone:
+def _rebuild_backbone(manifest: dict, weights, runtime: str = "torch") -> "Backbone":
     fp = manifest["backbone"]
     ident = fp["weights"]
     seed = 0
+    saved = manifest.get("weights_path")
     if weights is None:
-        if ident.startswith("random:"):
+        if is_bundle(saved) and not os.environ.get(WEIGHTS_ENV) and Path(saved).is_file():
+            weights = saved  # the bundle it learned with: rebuilt without PyTorch
+        elif ident.startswith("random:"):
             weights, seed = "random", int(ident.split("=")[1])
         elif ident.startswith("torchvision:"):
             weights = "download"

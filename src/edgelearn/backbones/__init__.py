@@ -1,9 +1,45 @@
-"""Module A: frozen pretrained feature extractors (torchvision models by name, local weight files)."""
+"""Module A: frozen pretrained feature extractors (torchvision models by name, local weight files, bundles).
 
-from edgelearn.backbones.backbone import Backbone, build_backbone, build_classifier
-from edgelearn.backbones.preprocessing import Preprocessing
-from edgelearn.backbones.registry import list_backbones, register_backbone
+Names are imported on first use (PEP 562): a bundle (:class:`BundleBackbone`) builds without PyTorch.
+"""
+
+import importlib
+import os
+
 from edgelearn.backbones.weights import WEIGHTS_ENV, Weights, default_weights
 
-__all__ = ["Backbone", "Preprocessing", "WEIGHTS_ENV", "Weights", "build_backbone", "build_classifier",
-           "default_weights", "list_backbones", "register_backbone"]
+_WHERE = {
+    "Backbone": "edgelearn.backbones.backbone",
+    "BundleBackbone": "edgelearn.backbones.bundle",
+    "Preprocessing": "edgelearn.backbones.preprocessing",
+    "build_classifier": "edgelearn.backbones.backbone",
+    "export_bundle": "edgelearn.backbones.bundle",
+    "list_backbones": "edgelearn.backbones.registry",
+    "register_backbone": "edgelearn.backbones.registry",
+}
+
+
+def build_backbone(name: str = "mobilenet_v2", *, weights: str | os.PathLike | None = None,
+                   input_size: int | None = None, precision: str = "fp32", **options):
+    """Build a frozen feature extractor: see :func:`edgelearn.backbones.backbone.build_backbone`. A bundle
+    (``weights="NAME.edgebundle"``, from ``edgelearn export-backbone``) gives a :class:`BundleBackbone`,
+    which runs on ONNX Runtime without PyTorch (``runtime`` and the other options do not apply to it)."""
+    from edgelearn.backbones.bundle import is_bundle, load_bundle_backbone
+
+    chosen = default_weights(weights, name)
+    if is_bundle(chosen):
+        return load_bundle_backbone(chosen, name, input_size, precision)
+    from edgelearn.backbones.backbone import build_backbone as build_torch_backbone
+
+    return build_torch_backbone(name, weights=weights, input_size=input_size, precision=precision, **options)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'edgelearn.backbones' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value  # once: later lookups skip this function
+    return value
+
+
+__all__ = ["WEIGHTS_ENV", "Weights", "build_backbone", "default_weights", *sorted(_WHERE)]

@@ -8,17 +8,20 @@ identified everywhere by its sha256, so two sites agree on features only if they
 by one is accepted by the other.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from edgelearn.backbones.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from edgelearn.errors import WeightsError
+
+if TYPE_CHECKING:  # torch only where weights are loaded: a bundle (the device install) needs none
+    from torch import nn
 
 WEIGHTS_ENV = "EDGELEARN_WEIGHTS"
 RANDOM = "random"
@@ -32,7 +35,7 @@ SHARED_ARCHITECTURE = "mobilenet_v2"
 class Weights:
     """Resolved weights: what to load, how to identify it in fingerprints, and how to feed the network."""
 
-    kind: str  # "file" | "download" | "random"
+    kind: str  # "file" | "download" | "random" | "bundle" (ident: the exporting backbone's)
     ident: str  # sha256 of the file, torchvision weights name, or "random:seed=N"
     file: Path | None = None
     meta: dict = field(default_factory=dict)  # sidecar content (architecture, padding, preprocessing)
@@ -109,6 +112,8 @@ def _read_sidecar(path: Path) -> dict:
 
 def load_into(model: nn.Module, source: Weights, name: str) -> None:
     """Fill ``model`` (a torchvision classifier, head still on) with the weights of ``source``."""
+    import torch
+
     if source.kind == "random":
         return  # the builder already initialised it from the seed
     if source.kind == "file":
@@ -130,6 +135,8 @@ def load_into(model: nn.Module, source: Weights, name: str) -> None:
 def fit_head(model: nn.Module, state: dict) -> None:
     """Make the last Linear fit the file: a fine-tuned file has its own number of classes, and a
     feature extractor's file has no head at all."""
+    from torch import nn
+
     last = None
     for module_name, module in model.named_modules():
         if isinstance(module, nn.Linear):

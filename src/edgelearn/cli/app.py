@@ -7,7 +7,7 @@ option, a wrong choice, options that do not go together).
 
 import typer
 
-from edgelearn.cli import data, detect, evaluate, recognize, share, station, train
+from edgelearn.cli import backbone, data, detect, evaluate, recognize, share, station, train
 from edgelearn.cli.output import user_errors
 
 app = typer.Typer(help="Image recognition that keeps learning on the edge.", no_args_is_help=True,
@@ -34,6 +34,7 @@ _register(app, share.merge, share.federate, share.federate_train)
 _register(app, train.train, train.distill, train.inspect, train.analyse)
 _register(app, data.representatives, data.frames, data.compress)
 _register(app, detect.detect)
+_register(app, backbone.export_backbone)
 _register(keys_app, new=share.keys_new)
 _register(detector_app, train=detect.detector_train, evaluate=detect.detector_evaluate, export=detect.detector_export)
 _register(store_app, check=station.store_check, backup=station.store_backup)

@@ -89,7 +89,8 @@ class Similarity(StrEnum):
 
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 Weights = Annotated[str | None, typer.Option(
-    envvar=WEIGHTS_ENV, help="Backbone weights: a state-dict file, 'download' or 'random'.")]
+    envvar=WEIGHTS_ENV, help="Backbone weights: a state-dict file, a bundle (NAME.edgebundle, from "
+                                                 "export-backbone: runs without PyTorch), 'download' or 'random'.")]
 RuntimeOption = Annotated[Runtime, typer.Option(help="Run the backbone on torch or onnx (ONNX Runtime: same "
                                                      "features, faster on CPUs).")]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the feature cache.")]

@@ -47,7 +47,7 @@ class Batcher:
                     break
                 batch.append(nxt)
             try:
-                out = self.run(torch.stack([x for x, _ in batch]))
+                out = self.run(stack([x for x, _ in batch]))
                 for i, (_, future) in enumerate(batch):
                     future.set_result(out[i:i + 1])
             except Exception as exc:  # the callers see it, the worker lives on
@@ -57,3 +57,8 @@ class Batcher:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=30)
+
+
+def stack(items: list) -> torch.Tensor | np.ndarray:
+    """One batch of preprocessed images: tensors from the PyTorch backbone, arrays from a bundle."""
+    return np.stack(items) if isinstance(items[0], np.ndarray) else torch.stack(items)

@@ -138,7 +138,7 @@ class Station:
     # -- predictions ----------------------------------------------------------------------------------
     def _embed_batch(self, batch):
         with torch.inference_mode():
-            return self.rec.backbone.embed_tensor(batch).numpy()
+            return np.asarray(self.rec.backbone.embed_tensor(batch))  # a bundle's backbone gives numpy
 
     def predict(self, image: Image.Image, *, top_k: int = 5, heatmap: bool = False, representatives: int = 1,
                 enqueue: bool = True) -> dict:
