@@ -220,9 +220,13 @@ def flower_simulation(data_root: Path, weights: str, n_sites: int = 10, learner:
                 (root / "test" / label).mkdir(parents=True, exist_ok=True)
                 (root / "test" / label / path.name).symlink_to(path)
             folders.append(str(root))
+        keys = Path(tmp) / "keys"  # signed as a real federation is: each site and the server, all trusted
+        for name in [Path(f).name for f in folders] + ["server"]:
+            SiteKey.generate(name).save(keys)
         config = {"site-data": ",".join(folders), "workdir": f"{tmp}/work", "backbone": "mobilenet_v2",
                   "weights": weights, "input-size": SIZE, "learner": learner, "num-rounds": 1,
-                  "min-sites": n_sites, "output": f"{tmp}/history.json"}
+                  "min-sites": n_sites, "output": f"{tmp}/history.json", "keys-dir": str(keys),
+                  "trust-dir": str(keys), "server-key": str(keys / "server.key")}
         t0 = time.perf_counter()
         run_simulation(create_server_app(config), create_client_app(config), num_supernodes=n_sites,
                        backend_config={"client_resources": {"num_cpus": 1}})
