@@ -8,7 +8,7 @@ Names are imported on first use (PEP 562), so ``import edgelearn.learners`` or
 ``edgelearn.knowledge`` needs numpy only, not PyTorch.
 """
 
-import importlib
+from edgelearn.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 _WHERE = {
@@ -25,12 +25,7 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'edgelearn' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value  # once: later lookups skip this function
-    return value
+__getattr__ = lazy_attributes(__name__, _WHERE)
 
 
 def __dir__() -> list[str]:

@@ -3,10 +3,10 @@
 Names are imported on first use (PEP 562): a bundle (:class:`BundleBackbone`) builds without PyTorch.
 """
 
-import importlib
 import os
 
 from edgelearn.backbones.weights import WEIGHTS_ENV, Weights, default_weights
+from edgelearn.lazy import lazy_attributes
 
 _WHERE = {
     "Backbone": "edgelearn.backbones.backbone",
@@ -34,12 +34,7 @@ def build_backbone(name: str = "mobilenet_v2", *, weights: str | os.PathLike | N
     return build_torch_backbone(name, weights=weights, input_size=input_size, precision=precision, **options)
 
 
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'edgelearn.backbones' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value  # once: later lookups skip this function
-    return value
+__getattr__ = lazy_attributes(__name__, _WHERE)
 
 
 __all__ = ["WEIGHTS_ENV", "Weights", "build_backbone", "default_weights", *sorted(_WHERE)]

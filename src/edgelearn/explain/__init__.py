@@ -3,7 +3,7 @@
 Names are imported on first use (PEP 562): calibration needs numpy only, heat maps need PyTorch.
 """
 
-import importlib
+from edgelearn.lazy import lazy_attributes
 
 _WHERE = {
     "METHODS": "edgelearn.explain.representatives",
@@ -21,9 +21,4 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'edgelearn.explain' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value  # once: later lookups skip this function
-    return value
+__getattr__ = lazy_attributes(__name__, _WHERE)
