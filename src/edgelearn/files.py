@@ -22,6 +22,17 @@ DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "U16": 2, "I16": 2, "F16": 2, "BF16"
                "U64": 8, "I64": 8, "F64": 8}
 
 
+DATA_ENV = "EDGELEARN_DATA"
+
+
+def default_data_dir() -> Path:
+    """``$EDGELEARN_DATA``, else the user's data folder (``$XDG_DATA_HOME/edgelearn``, default
+    ``~/.local/share/edgelearn``): never the current folder, so a checkout never holds a station's state."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV])
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "edgelearn"
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int | None = None) -> None:
     """Write ``data`` so that ``path`` holds either the old or the new content, never a mix.
 

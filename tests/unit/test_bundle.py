@@ -147,17 +147,30 @@ def test_export_backbone_writes_a_bundle_and_explains_a_wrong_name(tmp_path):
     assert int8.exit_code == 1 and "--calibration" in int8.output
 
 
-def test_a_station_serves_from_a_bundle_and_says_heat_maps_need_torch(bundle, tmp_path):
+def test_a_station_serves_from_a_bundle_with_heat_maps(bundle, tmp_path):
     station = Station(StationConfig(tmp_path / "station", backbone="tiny", weights=str(bundle), input_size=32))
     try:
         for name in ("red", "blue"):
             station.learn([colour_image(name, i) for i in range(4)], [name] * 4)
 
         assert station.predict(colour_image("blue", 7))["label"] == "blue"
-        with pytest.raises(ParameterError, match="heat maps need the PyTorch backbone"):
-            station.predict(colour_image("red", 7), heatmap=True)
+        assert station.predict(colour_image("red", 7), heatmap=True)["heatmap"].startswith("data:image/png;base64,")
     finally:
         station.close()
+
+
+def test_a_bundles_heat_map_is_the_torch_backbones(bundle):
+    from edgelearn.explain import HeatMapper
+
+    rec = Recognizer.create("tiny", learner="slda", weights="random", input_size=32)
+    rec.learn([colour_image(name, i) for name in ("red", "blue") for i in range(4)], ["red"] * 4 + ["blue"] * 4)
+    image = colour_image("red", 9)
+    gradient = lambda f: rec.learner.logit_gradient(f, "red")  # noqa: E731
+
+    on_torch = HeatMapper(rec.backbone).heat(image, gradient)
+    on_bundle = HeatMapper(BundleBackbone(bundle)).heat(image, gradient)
+
+    assert on_torch.max() == pytest.approx(1.0) and np.abs(on_torch - on_bundle).max() < 1e-4
 
 
 def test_edgelearn_serve_takes_a_bundle_as_its_weights(bundle, tmp_path):
@@ -173,21 +186,43 @@ def test_edgelearn_serve_takes_a_bundle_as_its_weights(bundle, tmp_path):
         heat = server.client.post("/api/predict?heatmap=true", headers=server.auth(), files=files)
 
         assert answer.status_code == 200 and answer.json()["label"] == "blue"
-        assert heat.status_code == 400 and "heat maps need the PyTorch backbone" in heat.text
+        assert heat.status_code == 200 and heat.json()["heatmap"].startswith("data:image/png;base64,")
     finally:
         server.stop()
 
 
-NO_TORCH_CLI = """
+WORKSTATION_ONLY = ("torch", "torchvision", "captum", "scipy", "skimage", "matplotlib", "imagehash", "onnx")
+DEVICE = f"""
 import sys
-class Block:  # torch and torchvision are not installed (scipy trips on a None in sys.modules, so: a finder)
+class Block:  # what only the workstation install has is missing here (a finder: a None in sys.modules trips some)
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "torchvision"):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        if name.split(".")[0] in {WORKSTATION_ONLY!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
 sys.meta_path.insert(0, Block())
-from edgelearn.cli.app import app
-app()
 """
+NO_TORCH_CLI = DEVICE + "from edgelearn.cli.app import app\napp()\n"
+NO_TORCH_STATION = DEVICE + """
+from edgelearn.server import Station, StationConfig
+from tests.unit.test_bundle import colour_image
+data, bundle, package = sys.argv[1:]
+station = Station(StationConfig(data, backbone="tiny", weights=bundle, input_size=32))
+for name in ("red", "blue"):
+    station.learn([colour_image(name, i) for i in range(4)], [name] * 4)
+answer = station.predict(colour_image("blue", 7), heatmap=True)
+assert answer["label"] == "blue" and answer["heatmap"].startswith("data:image/png"), answer
+open(package, "wb").write(station.export())
+station.close()
+"""
+
+
+def test_a_station_without_the_workstation_libraries_learns_explains_and_shares(bundle, tmp_path):
+    package = tmp_path / "site.edge"
+    done = subprocess.run([sys.executable, "-c", NO_TORCH_STATION, str(tmp_path / "station"), str(bundle),
+                           str(package)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    # the knowledge works on the workstation's PyTorch backbone (the same fingerprint)
+    rec = Recognizer.from_bytes(package.read_bytes(), backbone=tiny())
+    assert rec.predict([colour_image("red", 8)])[0].label == "red"
 
 
 def test_learn_predict_and_evaluate_run_from_a_bundle_without_torch(bundle, tmp_path):

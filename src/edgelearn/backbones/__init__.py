@@ -6,6 +6,7 @@ Names are imported on first use (PEP 562): a bundle (:class:`BundleBackbone`) bu
 import os
 
 from edgelearn.backbones.weights import WEIGHTS_ENV, Weights, default_weights
+from edgelearn.errors import WeightsError
 from edgelearn.lazy import lazy_attributes
 
 _WHERE = {
@@ -29,9 +30,15 @@ def build_backbone(name: str = "mobilenet_v2", *, weights: str | os.PathLike | N
     chosen = default_weights(weights, name)
     if is_bundle(chosen):
         return load_bundle_backbone(chosen, name, input_size, precision)
-    from edgelearn.backbones.backbone import build_backbone as build_torch_backbone
-
-    return build_torch_backbone(name, weights=weights, input_size=input_size, precision=precision, **options)
+    try:
+        from edgelearn.backbones.backbone import build_backbone as build_torch_backbone
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("torch", "torchvision"):
+            raise
+        raise WeightsError(f"module A from {chosen!r} needs PyTorch, which this device install does not have: give "
+                           f"a bundle (--weights NAME.edgebundle, made on a workstation by edgelearn "
+                           f"export-backbone) or install the workstation: pip install 'edgelearn[train]'") from None
+    return build_torch_backbone(name, weights=chosen, input_size=input_size, precision=precision, **options)
 
 
 __getattr__ = lazy_attributes(__name__, _WHERE)

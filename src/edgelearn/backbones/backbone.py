@@ -1,8 +1,10 @@
 """Module A: a frozen pretrained CNN that turns images into feature vectors."""
 
+import functools
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
@@ -48,12 +50,31 @@ class Backbone:
         """One RGB PIL image -> a normalised ``(3, input_size, input_size)`` tensor."""
         return self._transform(image)
 
-    def embed_tensor(self, batch: torch.Tensor) -> torch.Tensor:
-        """Preprocessed ``(n, 3, s, s)`` tensor -> ``(n, feature_dim)`` features. With autograd on (heat
-        maps) the PyTorch model runs; otherwise the ONNX Runtime session, if :meth:`use_onnx` set one."""
+    def embed_tensor(self, batch: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+        """Preprocessed ``(n, 3, s, s)`` batch -> ``(n, feature_dim)`` features (a numpy batch gives a numpy
+        array, as a bundle's backbone does). With autograd on the PyTorch model runs; otherwise the ONNX
+        Runtime session, if :meth:`use_onnx` set one."""
+        if isinstance(batch, np.ndarray):
+            with torch.inference_mode():
+                return self.embed_tensor(torch.from_numpy(batch)).numpy()
         if self._runner is not None and not torch.is_grad_enabled():
             return self._runner(batch)
         return self.model(batch.to(memory_format=torch.channels_last)).flatten(1)
+
+    def features_and_map(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Preprocessed ``(n, 3, s, s)`` array -> the features and the last spatial feature map they are the
+        average of, ``(n, C, h, w)``, in one forward pass (class-activation heat maps)."""
+        with torch.inference_mode():
+            if self._runner is not None:
+                features, feature_map = self._runner.run(torch.from_numpy(batch))[:2]
+            else:
+                features, feature_map = self.feature_map_model(torch.from_numpy(batch))
+        return features.numpy(), feature_map.numpy()
+
+    @functools.cached_property
+    def feature_map_model(self) -> nn.Module:
+        """The model with its last spatial feature map as a second output (what the ONNX export runs)."""
+        return WithFeatureMap(self.model, last_feature_map(self.model, self.preprocessing.input_size)).eval()
 
     def use_onnx(self, precision: str = "fp32", calibration: Iterable[Image.Image] | None = None) -> "Backbone":
         """Run inference on ONNX Runtime at ``precision`` (``fp32``, ``fp16``, ``int8-dynamic``, ``int8``;
@@ -66,7 +87,7 @@ class Backbone:
 
         precision = Precision.parse(precision)
         folder = default_cache_dir() / "onnx"
-        base = folder / f"{self.name}-{self.fingerprint_id}.onnx"
+        base = folder / f"{self.name}-{self.fingerprint_id}-map.onnx"  # "-map": the graph has both outputs
         batches, tag = None, precision
         if precision is Precision.INT8:
             batches = self._calibration_batches(calibration or [])
@@ -76,7 +97,8 @@ class Backbone:
 
         def make() -> None:
             if not base.is_file():
-                export_onnx(self.model, self.preprocessing.input_size, base)
+                export_onnx(self.feature_map_model, self.preprocessing.input_size, base,
+                            outputs=("features", "feature_map"))
             if path != base:
                 quantize(base, path, precision, batches)
 
@@ -135,6 +157,44 @@ class Backbone:
         return (f"Backbone({self.name!r}, weights={self.weights.ident[:24]!r}, input_size="
                 f"{self.preprocessing.input_size}, feature_dim={self.feature_dim}, runtime={str(self.runtime)!r}, "
                 f"precision={self.precision!r})")
+
+
+class WithFeatureMap(nn.Module):
+    """``model`` returning ``(features, feature map)``: the features are the map's spatial average in every
+    torchvision classifier, so a heat map needs no gradient (see :mod:`edgelearn.explain.heatmap`)."""
+
+    def __init__(self, model: nn.Module, layer: nn.Module):
+        super().__init__()
+        self.model, self.layer = model, layer
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps: list[torch.Tensor] = []
+        caller = threading.get_ident()  # the model is shared: another thread's forward pass is not ours
+        hook = self.layer.register_forward_hook(
+            lambda module, args, output: maps.append(output) if threading.get_ident() == caller else None)
+        try:
+            features = self.model(image).flatten(1)
+        finally:
+            hook.remove()
+        return features, maps[-1]
+
+
+def last_feature_map(model: nn.Module, input_size: int) -> nn.Module:
+    """The last module whose output is a spatial feature map (4-d, more than 1x1): what heat maps show."""
+    found: list[nn.Module] = []
+    caller = threading.get_ident()  # a shared model may be running for other threads meanwhile
+    hooks = [m.register_forward_hook(lambda m, i, o: found.append(m) if threading.get_ident() == caller
+                                     and torch.is_tensor(o) and o.dim() == 4 and o.shape[-1] > 1 else None)
+             for m in model.modules() if not list(m.children())]
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, input_size, input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+    if not found:
+        raise ValueError("the backbone has no spatial feature map to explain")
+    return found[-1]
 
 
 def fuse_batch_norms(model: nn.Module) -> nn.Module:

@@ -122,6 +122,7 @@ class BundleBackbone:
         except Exception as exc:  # ONNX Runtime raises its own types for a bad graph
             raise ModelFileError(f"{path}: ONNX Runtime cannot run the bundle's graph ({exc})") from exc
         self._input = self.session.get_inputs()[0].name
+        self._outputs = [output.name for output in self.session.get_outputs()]
 
     @property
     def fingerprint(self) -> dict:
@@ -133,11 +134,6 @@ class BundleBackbone:
         blob = json.dumps(self.fingerprint, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
-    @property
-    def model(self):
-        raise ParameterError("heat maps need the PyTorch backbone (--weights with a state-dict file); "
-                             "this one runs from a bundle")
-
     def transform(self, image: Image.Image) -> np.ndarray:
         """One RGB PIL image -> a normalised ``(3, input_size, input_size)`` float32 array."""
         return self.preprocessing.array(image)
@@ -146,12 +142,22 @@ class BundleBackbone:
         """Preprocessed ``(n, 3, s, s)`` batch -> ``(n, feature_dim)`` features. A numpy batch gives a numpy
         array; a torch tensor (the station's batcher) gives a torch tensor."""
         x = np.ascontiguousarray(batch, np.float32)
-        features = self.session.run(None, {self._input: x})[0].reshape(len(x), -1)
+        features = self.session.run(self._outputs[:1], {self._input: x})[0].reshape(len(x), -1)
         if isinstance(batch, np.ndarray):
             return features
         import torch  # only the caller that handed us a tensor gets here, so torch is installed
 
         return torch.from_numpy(features)
+
+    def features_and_map(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Preprocessed ``(n, 3, s, s)`` array -> the features and the last spatial feature map they are the
+        average of, ``(n, C, h, w)``, in one forward pass (class-activation heat maps)."""
+        if len(self._outputs) < 2:
+            raise ParameterError(f"{self.weights.file}: this bundle holds no feature map, so it cannot draw heat "
+                                 f"maps; export it again with this version of edgelearn")
+        features, feature_map = self.session.run(self._outputs[:2], {self._input: np.ascontiguousarray(batch,
+                                                                                                        np.float32)})
+        return features.reshape(len(batch), -1), feature_map
 
     def embed(self, images: Iterable[Image.Image], *, batch_size: int = 32) -> np.ndarray:
         """RGB PIL images -> ``(n, feature_dim)`` float32 array, in batches."""

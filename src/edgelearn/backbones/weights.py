@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from edgelearn.backbones.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from edgelearn.errors import WeightsError
+from edgelearn.files import default_data_dir
 
 if TYPE_CHECKING:  # torch only where weights are loaded: a bundle (the device install) needs none
     from torch import nn
@@ -57,13 +58,19 @@ class Weights:
                              tuple(self.meta.get("normalize_std", IMAGENET_STD)))
 
 
-def default_weights(weights: str | os.PathLike | None = None, name: str = SHARED_ARCHITECTURE) -> str:
-    """The weights to use for backbone ``name``: ``weights`` if given, else ``$EDGELEARN_WEIGHTS``, else the
-    shared ImageNet MobileNetV2 file when present (for ``mobilenet_v2``), else torchvision's download."""
+def default_weights(weights: str | os.PathLike | None = None, name: str = SHARED_ARCHITECTURE,
+                    data_dir: str | os.PathLike | None = None) -> str:
+    """The weights to use for backbone ``name``: ``weights`` if given, else ``$EDGELEARN_WEIGHTS``, else a bundle
+    ``<name>.edgebundle`` in the data folder (``data_dir``, default :func:`~edgelearn.files.default_data_dir`:
+    how a device without PyTorch finds module A), else the shared ImageNet MobileNetV2 file when present (for
+    ``mobilenet_v2``), else torchvision's download."""
     if weights is not None:
         return str(weights)
     if os.environ.get(WEIGHTS_ENV):
         return os.environ[WEIGHTS_ENV]
+    bundle = Path(data_dir or default_data_dir()) / f"{name}.edgebundle"
+    if bundle.is_file():
+        return str(bundle.resolve())
     if name == SHARED_ARCHITECTURE and SHARED_WEIGHTS.is_file():
         return str(SHARED_WEIGHTS.resolve())  # absolute: training and federation hand it to other processes
     return DOWNLOAD

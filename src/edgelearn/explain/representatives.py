@@ -4,17 +4,19 @@ The comparison algorithms of the transparency paper (Rieder et al., section 3): 
 comparison (correlation, chi-square, intersection, Bhattacharyya), ImageHash hashes (average,
 perceptual, difference, wavelet, colour), SSIM and MSE (scikit-image), plus the backbone's own
 features (cosine). Each is a :class:`Similarity`: ``signature(image)`` once per image, then a cheap
-``distance(a, b)`` between signatures.
+``distance(a, b)`` between signatures. ImageHash and scikit-image belong to the workstation install
+(``edgelearn[train]``); the device install compares by features or OpenCV's histograms.
 """
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
-import imagehash
 import numpy as np
 from PIL import Image
-from skimage.metrics import mean_squared_error, structural_similarity
+
+from edgelearn.errors import ParameterError
 
 COMPARE_SIZE = 64  # pixels (square) for SSIM and MSE: the layout, not the fine texture, matters here
 
@@ -26,8 +28,21 @@ class Similarity:
     distance: Callable[[object, object], float]  # 0 = identical, larger = less alike
 
 
-def _hash(fn) -> Similarity:
-    return Similarity(fn.__name__, fn, lambda a, b: float(a - b))
+def _workstation(module: str, method: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ParameterError(f"the {method!r} comparison needs the workstation install (pip install "
+                             f"'edgelearn[train]'); on this device use 'feature' or 'hist'") from None
+
+
+def _hash(name: str) -> Similarity:
+    return Similarity(name, lambda image: getattr(_workstation("imagehash", name), name)(image),
+                      lambda a, b: float(a - b))
+
+
+def _ssim(a: np.ndarray, b: np.ndarray) -> float:
+    return 1.0 - _workstation("skimage.metrics", "ssim").structural_similarity(a, b, data_range=1.0)
 
 
 def colour_histogram(image: Image.Image) -> np.ndarray:
@@ -54,14 +69,13 @@ def feature_similarity(embed: Callable[[Image.Image], np.ndarray]) -> Similarity
 
 
 SIMILARITIES: dict[str, Similarity] = {s.name: s for s in [
-    _hash(imagehash.average_hash), _hash(imagehash.phash), _hash(imagehash.dhash), _hash(imagehash.whash),
-    _hash(imagehash.colorhash),
+    *map(_hash, ["average_hash", "phash", "dhash", "whash", "colorhash"]),
     _hist(cv2.HISTCMP_CORREL, lambda v: 1.0 - v, "hist"),
     _hist(cv2.HISTCMP_CHISQR, float, "hist_chisqr"),
     _hist(cv2.HISTCMP_INTERSECT, lambda v: 1.0 - v, "hist_intersect"),
     _hist(cv2.HISTCMP_BHATTACHARYYA, float, "hist_bhattacharyya"),
-    Similarity("ssim", grey_thumbnail, lambda a, b: 1.0 - structural_similarity(a, b, data_range=1.0)),
-    Similarity("mse", grey_thumbnail, lambda a, b: float(mean_squared_error(a, b))),
+    Similarity("ssim", grey_thumbnail, _ssim),
+    Similarity("mse", grey_thumbnail, lambda a, b: float(np.mean((a - b) ** 2))),
 ]}
 ALIASES = {"ahash": "average_hash", "average": "average_hash", "phash": "phash", "dhash": "dhash",
            "whash": "whash", "colorhash": "colorhash", "colourhash": "colorhash"}

@@ -17,8 +17,9 @@ from edgelearn.errors import EdgelearnError
 from edgelearn.files import atomic_write_bytes
 
 
-def export_onnx(model: nn.Module, input_size: int, path: str | os.PathLike) -> Path:
-    """Export ``model`` (image batch -> features) to ONNX with a dynamic batch dimension, atomically."""
+def export_onnx(model: nn.Module, input_size: int, path: str | os.PathLike,
+                outputs: tuple[str, ...] = ("features",)) -> Path:
+    """Export ``model`` (image batch -> ``outputs``) to ONNX with a dynamic batch dimension, atomically."""
     path = Path(path)
     example = torch.zeros(2, 3, input_size, input_size)  # batch 2: a batch of 1 would be specialised
     model = model.to(memory_format=torch.contiguous_format)
@@ -26,7 +27,7 @@ def export_onnx(model: nn.Module, input_size: int, path: str | os.PathLike) -> P
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
         try:
             torch.onnx.export(model, (example,), Path(tmp) / "m.onnx", input_names=["image"],
-                              output_names=["features"], dynamic_shapes={name: {0: torch.export.Dim("batch")}},
+                              output_names=list(outputs), dynamic_shapes={name: {0: torch.export.Dim("batch")}},
                               dynamo=True, external_data=False, verbose=False)
         except Exception as exc:  # the exporter raises many kinds; the user needs to know which model failed
             raise EdgelearnError(f"could not export the backbone to ONNX: {exc}") from exc
@@ -58,6 +59,7 @@ class OnnxRunner:
         except Exception as exc:
             raise EdgelearnError(f"{path}: not a model ONNX Runtime can run ({exc})") from exc
         self.input = self.session.get_inputs()[0].name
+        self.first_output = self.session.get_outputs()[0].name
 
     def run(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """All of the model's outputs (a detector has two: class scores and box offsets)."""
@@ -65,4 +67,6 @@ class OnnxRunner:
         return tuple(torch.from_numpy(out) for out in self.session.run(None, {self.input: x}))
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.run(batch)[0].reshape(len(batch), -1)
+        """The first output only (a backbone's features; its feature map is not copied out)."""
+        x = np.ascontiguousarray(batch.detach().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run([self.first_output], {self.input: x})[0]).reshape(len(batch), -1)

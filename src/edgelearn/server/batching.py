@@ -11,23 +11,22 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 import numpy as np
-import torch
 
 
 class Batcher:
-    """``submit(tensor)`` -> that tensor's row of ``run(stacked tensors)``, computed on one worker thread."""
+    """``submit(array)`` -> that array's row of ``run(stacked arrays)``, computed on one worker thread."""
 
-    def __init__(self, run: Callable[[torch.Tensor], np.ndarray], max_batch: int = 8):
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_batch: int = 8):
         self.run, self.max_batch = run, max_batch
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="edgelearn-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, x: torch.Tensor) -> np.ndarray:
+    def submit(self, x: np.ndarray) -> np.ndarray:
         return self.submit_many([x])
 
-    def submit_many(self, xs: list[torch.Tensor]) -> np.ndarray:
-        """The rows of several tensors (a teaching request's images): they join the queue together, so
+    def submit_many(self, xs: list[np.ndarray]) -> np.ndarray:
+        """The rows of several preprocessed images (a teaching request's images): they join the queue together, so
         teaching shares forward passes with predictions instead of running a second one beside them."""
         futures = [Future() for _ in xs]
         for x, future in zip(xs, futures, strict=True):
@@ -47,7 +46,7 @@ class Batcher:
                     break
                 batch.append(nxt)
             try:
-                out = self.run(stack([x for x, _ in batch]))
+                out = self.run(np.stack([x for x, _ in batch]))
                 for i, (_, future) in enumerate(batch):
                     future.set_result(out[i:i + 1])
             except Exception as exc:  # the callers see it, the worker lives on
@@ -58,7 +57,3 @@ class Batcher:
         self._queue.put(None)
         self._thread.join(timeout=30)
 
-
-def stack(items: list) -> torch.Tensor | np.ndarray:
-    """One batch of preprocessed images: tensors from the PyTorch backbone, arrays from a bundle."""
-    return np.stack(items) if isinstance(items[0], np.ndarray) else torch.stack(items)

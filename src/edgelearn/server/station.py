@@ -10,21 +10,20 @@ import base64
 import hashlib
 import io
 import itertools
-import os
 import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from threadpoolctl import ThreadpoolController
 
-from edgelearn.backbones import build_backbone
+from edgelearn.backbones import build_backbone, default_weights
 from edgelearn.data.images import to_rgb
 from edgelearn.errors import ConflictError, EdgelearnError, ImageError, NearDuplicateError, SignatureError
 from edgelearn.explain import HeatMapper, expected_calibration_error, get_similarity, nearest, overlay, png_bytes
+from edgelearn.files import DATA_ENV, default_data_dir  # noqa: F401 (DATA_ENV: the server's API)
 from edgelearn.knowledge import ImportPolicy, TrustStore, merge_packages, parse_package, provenance
 from edgelearn.labels import check_label, label_key
 from edgelearn.recognizer import Recognizer
@@ -35,17 +34,6 @@ THUMBNAIL_SIDE = 160
 CLASS_THUMBNAILS = 4  # per class card
 FEW_EXAMPLES = 5  # a class with fewer gets a hint to teach more
 REPLAYS = ("checkpoint", "undo")  # versions that are exactly their parent + its events (undo looks through them)
-DATA_ENV = "EDGELEARN_DATA"
-
-
-def default_data_dir() -> Path:
-    """``$EDGELEARN_DATA``, else the user's data folder (``$XDG_DATA_HOME/edgelearn``, default
-    ``~/.local/share/edgelearn``): never the current folder, so a checkout never holds a station's state."""
-    if os.environ.get(DATA_ENV):
-        return Path(os.environ[DATA_ENV])
-    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "edgelearn"
-
-
 @dataclass
 class StationConfig:
     """How a station is set up; the recognizer's part is fixed by the store's first start."""
@@ -79,7 +67,6 @@ class Station:
         self.store = Store(config.store_path, keep_versions=config.keep_versions, keep_events=config.keep_events,
                            keep_resolved=config.keep_resolved)
         self._lock = threading.RLock()  # guards self.rec's learner and the order of store writes
-        self._heat_lock = threading.Lock()  # Grad-CAM hooks the one shared model: one heat map at a time
         self._view: Recognizer  # what predictions read: a frozen snapshot of self.rec (see _publish)
         self._blas = ThreadpoolController()
         self.rec = self._open()
@@ -115,14 +102,16 @@ class Station:
         self.store.check_active_version()  # a damaged store is an error, never a new empty station
         version = self.store.active_version
         if version is None:
-            rec = Recognizer.create(c.backbone, learner=c.learner, weights=c.weights, input_size=c.input_size,
+            weights = default_weights(c.weights, c.backbone, c.data_dir)
+            rec = Recognizer.create(c.backbone, learner=c.learner, weights=weights, input_size=c.input_size,
                                     runtime=c.runtime)
             self.store.set("created_with", {"backbone": c.backbone, "learner": c.learner,
                                             "input_size": c.input_size})
             self._holds = {self.store.add_version(rec.to_bytes(), "initial", classes=0, examples=0): _summary_of(rec)}
             return rec
         saved = self.store.get("created_with", {})
-        backbone = build_backbone(saved.get("backbone", c.backbone), weights=c.weights,
+        name = saved.get("backbone", c.backbone)
+        backbone = build_backbone(name, weights=default_weights(c.weights, name, c.data_dir),
                                   input_size=saved.get("input_size"), runtime=c.runtime)
         try:
             rec = Recognizer.from_bytes(self.store.package(version), f"store version {version}", backbone=backbone)
@@ -136,13 +125,12 @@ class Station:
         return rec
 
     # -- predictions ----------------------------------------------------------------------------------
-    def _embed_batch(self, batch):
-        with torch.inference_mode():
-            return np.asarray(self.rec.backbone.embed_tensor(batch))  # a bundle's backbone gives numpy
+    def _embed_batch(self, batch: np.ndarray) -> np.ndarray:
+        return self.rec.backbone.embed_tensor(batch)
 
     def predict(self, image: Image.Image, *, top_k: int = 5, heatmap: bool = False, representatives: int = 1,
                 enqueue: bool = True) -> dict:
-        features = self._batcher.submit(self.rec.backbone.transform(image))
+        features = self._batcher.submit(self.rec.backbone.preprocessing.array(image))
         rec = self._view  # no lock: a snapshot learning never changes
         if not rec.classes:
             return {"label": None, "confidence": 0.0, "alternatives": [], "known_classes": 0,
@@ -159,17 +147,16 @@ class Station:
         return prediction
 
     def heatmap(self, image: Image.Image, label: str) -> str:
-        """A PNG data URL: Grad-CAM of ``label`` over the crop the backbone sees."""
+        """A PNG data URL: the heat map (Grad-CAM) of ``label`` over the crop the backbone sees."""
 
         learner = self._view.learner  # a snapshot: no lock
 
         def gradient(f0):
             return learner.logit_gradient(f0, label)
 
-        with self._heat_lock:
-            if self._heat is None:
-                self._heat = HeatMapper(self.rec.backbone)
-            heat = self._heat.heat(image, gradient)
+        if self._heat is None:
+            self._heat = HeatMapper(self.rec.backbone)
+        heat = self._heat.heat(image, gradient)
         data = png_bytes(overlay(self._heat.crop(image), heat))
         return "data:image/png;base64," + base64.b64encode(data).decode()
 
@@ -240,8 +227,8 @@ class Station:
         while part := list(itertools.islice(pairs, chunk)):
             labels += [check_label(label) for _, label in part]
             # through the batcher: teaching shares forward passes with predictions, never runs beside them
-            tensors = [self.rec.backbone.transform(to_rgb(image)) for image, _ in part]
-            features.append(self._batcher.submit_many(tensors))
+            arrays = [self.rec.backbone.preprocessing.array(to_rgb(image)) for image, _ in part]
+            features.append(self._batcher.submit_many(arrays))
             thumbnails += [thumbnail_bytes(image) for image, _ in part] if self.config.keep_images else []
         width = self.rec.backbone.feature_dim
         return (np.concatenate(features) if features else np.zeros((0, width), np.float32), labels,
