@@ -15,6 +15,7 @@
 Writes benchmarks/results/station.{json,md} and plots.
 """
 
+import json
 import sys
 import tempfile
 import threading
@@ -205,7 +206,7 @@ def faithfulness(args, size: int = 224, per_class: int = 5, randoms: int = 3) ->
     A faithful map: MoRF falls faster than both (smaller area under the curve)."""
     feats = common.dataset_features("imagenette", size, args.weights, args.data)
     (Xtr, ytr, _), (Xte, yte, test_ds) = feats["train"], feats["test"]
-    rec = Recognizer.create(weights=args.weights, input_size=size, learner="slda")
+    rec = Recognizer.create(weights=args.weights, input_size=size, learner="slda", runtime="onnx")
     idx = common.per_class_indices(ytr, 100, 0)
     rec.learn_features(Xtr[idx], list(ytr[idx]))
     rec.calibrate(Xte[::2], list(yte[::2]))  # held-out half; the explained images are the other half
@@ -214,18 +215,22 @@ def faithfulness(args, size: int = 224, per_class: int = 5, randoms: int = 3) ->
     odd = np.arange(1, len(yte), 2)
     chosen = np.concatenate([rng.choice(odd[yte[odd] == c], per_class, replace=False) for c in sorted(set(yte))])
     grid = size // 32
-    curves: dict[str, list] = {"morf": [], "lerf": [], "random_blocks": []}
+    curves: dict[str, list] = {"morf": [], "lerf": [], "random_blocks": [], "morf_captum": []}
+    correlations = []
     for i in chosen:
         image = load_image(test_ds.paths[i])
         label = rec.predict([image])[0].label or rec.classes[0]
         c = rec.classes.index(label)
         heat = mapper.heat(image, lambda f, label=label: rec.learner.logit_gradient(f, label))
-        x = rec.backbone.transform(image).unsqueeze(0)
+        x = rec.backbone.preprocessing.array(image)[None]
+        reference = captum_grad_cam(rec, image, label)
+        correlations.append(float(np.corrcoef(heat.ravel(), reference.ravel())[0, 1]))
 
         def score(batch, c=c):
-            return rec.predict_proba(rec.backbone.embed_tensor(batch).numpy())[1][:, c]
+            return rec.predict_proba(rec.backbone.embed_tensor(batch))[1][:, c]
 
         curves["morf"].append(deletion_curve(score, x, heat, steps=10))
+        curves["morf_captum"].append(deletion_curve(score, x, reference, steps=10))
         curves["lerf"].append(deletion_curve(score, x, heat, 10, order=np.argsort(heat.ravel(), kind="stable")))
         blocks = []
         for _ in range(randoms):
@@ -235,9 +240,31 @@ def faithfulness(args, size: int = 224, per_class: int = 5, randoms: int = 3) ->
         curves["random_blocks"].append(np.mean(blocks, axis=0))
     auc = {k: np.array([np.trapezoid(c, dx=0.1) for c in v]) for k, v in curves.items()}
     return {"images": len(chosen), **{f"auc_{k}": float(v.mean()) for k, v in auc.items()},
+            "captum_correlation_median": float(np.median(correlations)),
+            "captum_correlation_min": float(np.min(correlations)),
             "morf_below_lerf_share": float(np.mean(auc["morf"] < auc["lerf"])),
             "morf_below_random_share": float(np.mean(auc["morf"] < auc["random_blocks"])),
             **{f"curve_{k}": np.mean(v, axis=0).tolist() for k, v in curves.items()}}
+
+
+def captum_grad_cam(rec: Recognizer, image, label: str) -> np.ndarray:
+    """The reference: Captum's LayerGradCam of the linearised logit, back-propagated through PyTorch (what the
+    station drew before its heat maps came from ONNX Runtime's feature map)."""
+    import torch
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    from edgelearn.backbones.backbone import last_feature_map
+
+    bb = rec.backbone
+    x = torch.from_numpy(bb.preprocessing.array(image)[None]).requires_grad_(True)
+    g = torch.from_numpy(rec.learner.logit_gradient(bb.embed_tensor(x.detach().numpy()), label).astype(np.float32))
+    layer = last_feature_map(bb.model, bb.preprocessing.input_size)
+    with torch.enable_grad():  # autograd on: the backbone runs on PyTorch, not its ONNX graph
+        gradcam = LayerGradCam(lambda inp: (bb.embed_tensor(inp) * g).sum(dim=1), layer)
+        cam = gradcam.attribute(x, relu_attributions=True)
+    cam = LayerAttribution.interpolate(cam.detach(), tuple(x.shape[-2:]), interpolate_mode="bilinear")
+    cam = cam[0, 0].clamp_min(0).numpy()
+    return cam / cam.max() if cam.max() > 0 else cam
 
 
 def sample_images(args, per_class: int, split: str, seed: int) -> dict[str, list[bytes]]:
@@ -254,8 +281,8 @@ def main() -> None:
     parser = common.argument_parser(__doc__)
     parser.add_argument("--requests", type=int, default=60, help="frames per round and size (split among clients)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of raw and served measurements")
-    parser.add_argument("--only", choices=("http", "costs", "calibration"),
-                        help="measure only this part (no report written)")
+    parser.add_argument("--only", choices=("http", "costs", "calibration", "faithfulness"),
+                        help="measure only this part (no report written; faithfulness: results/heatmaps.json)")
     parser.set_defaults(seeds=5)
     args = parser.parse_args()
     teach = sample_images(args, 10, "train", 0)
@@ -270,11 +297,15 @@ def main() -> None:
     if args.only in (None, "calibration"):
         print("calibration", flush=True)
         calib = [r for name in ("imagenette", "neu_cls") for size in SIZES for r in calibration(args, name, size)]
+    if args.only in (None, "faithfulness"):
+        print("faithfulness", flush=True)
+        faith = faithfulness(args)
+        print({k: v for k, v in faith.items() if not k.startswith("curve")}, flush=True)
+        if args.only:
+            (common.RESULTS / "heatmaps.json").write_text(json.dumps({"environment": common.environment(), **faith},
+                                                                     indent=1))
     if args.only:
         return
-    print("faithfulness", flush=True)
-    faith = faithfulness(args)
-    print({k: v for k, v in faith.items() if not k.startswith("curve")}, flush=True)
     report(args, http, costs, calib, faith)
 
 

@@ -244,3 +244,10 @@ def test_learn_predict_and_evaluate_run_from_a_bundle_without_torch(bundle, tmp_
 
     assert predicted["predictions"][0]["label"] == "red"
     assert evaluated["accuracy"] == 1.0
+
+    def refused(*args):
+        done = subprocess.run([sys.executable, "-c", NO_TORCH_CLI, *args], capture_output=True, text=True, timeout=120)
+        return done.returncode == 1 and "Traceback" not in done.stderr and "edgelearn[train]" in done.stderr
+
+    assert refused("export-backbone", "-o", str(tmp_path / "b.edgebundle"), "--backbone", "tiny", "--weights", "random")
+    assert refused("learn", str(data / "train"), "-o", str(model), "--backbone", "tiny", "--weights", "random")

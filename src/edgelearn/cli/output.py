@@ -28,6 +28,11 @@ def log(line: str) -> None:
     err.print(line, highlight=False)
 
 
+# what the [train] extra adds to the device install
+WORKSTATION_ONLY = {"torch", "torchvision", "onnx", "onnxscript", "torchmetrics", "pycocotools", "scipy", "skimage",
+                    "imagehash", "matplotlib"}
+
+
 def user_errors(command):
     """Print a user's mistake (an :class:`EdgelearnError`) as one line on stderr and exit 1.
 
@@ -39,6 +44,12 @@ def user_errors(command):
             return command(*args, **kwargs)
         except EdgelearnError as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except ModuleNotFoundError as exc:
+            if exc.name is None or exc.name.split(".")[0] not in WORKSTATION_ONLY:
+                raise
+            err.print(f"[red]error:[/red] this command needs the workstation install ({exc.name} is missing): "
+                      f"pip install 'edgelearn[train]'", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper
