@@ -150,11 +150,12 @@ class Recognizer:
 
     @classmethod
     def create(cls, backbone: str = "mobilenet_v2", *, learner: str = "slda", weights=None,
-               input_size: int | None = None, seed: int = 0, runtime: str = "torch",
+               input_size: int | None = None, seed: int = 0, runtime: str = "torch", precision: str | None = None,
                **learner_params) -> "Recognizer":
         """Build a backbone by name and an empty learner (``fuzzy_artmap``, ``slda`` or ``ncm``);
-        ``runtime="onnx"`` runs the backbone on ONNX Runtime."""
-        return cls(build_backbone(backbone, weights=weights, input_size=input_size, seed=seed, runtime=runtime),
+        ``runtime="onnx"`` runs the backbone on ONNX Runtime; ``precision``: see :func:`build_backbone`."""
+        return cls(build_backbone(backbone, weights=weights, input_size=input_size, seed=seed, runtime=runtime,
+                                  precision=precision),
                    make_learner(learner, **learner_params))
 
     # -- features -----------------------------------------------------------------------------------
@@ -333,7 +334,8 @@ class Recognizer:
     @classmethod
     def load(cls, path: str | os.PathLike, *, weights=None, backbone: "Backbone | None" = None,
              with_backbone: bool = True, policy: ImportPolicy | None = None,
-             allow_other_precision: bool = False, runtime: str = "torch") -> "Recognizer":
+             allow_other_precision: bool = False, runtime: str = "torch",
+             precision: str | None = None) -> "Recognizer":
         """Load a saved recognizer or a site's package; refuses it if the backbone differs from
         the one it learned on, if it was altered or malformed, or if ``policy`` (knowledge from
         elsewhere: ``ImportPolicy(trust)``) refuses its signature.
@@ -342,27 +344,29 @@ class Recognizer:
         else the path recorded at save time). ``with_backbone=False`` loads the fast memory only.
         ``allow_other_precision`` accepts knowledge learned on another precision of the same backbone
         (fp32 knowledge on an int8 backbone: close features, not equal ones; the user's call).
-        ``runtime`` runs the rebuilt fp32 backbone on PyTorch or ONNX Runtime (the same features).
+        ``runtime`` runs the rebuilt fp32 backbone on PyTorch or ONNX Runtime (the same features);
+        ``precision`` checks a bundle's (see :func:`build_backbone`).
         """
         manifest, arrays = read_package(path, policy=policy)
         return cls._from_package(manifest, arrays, path, weights, backbone, with_backbone, allow_other_precision,
-                                 runtime)
+                                 runtime, precision)
 
     @classmethod
     def from_bytes(cls, data: bytes, name: str = "<package>", *, weights=None, backbone: "Backbone | None" = None,
                    with_backbone: bool = True, policy: ImportPolicy | None = None,
-                   allow_other_precision: bool = False, runtime: str = "torch") -> "Recognizer":
+                   allow_other_precision: bool = False, runtime: str = "torch",
+                   precision: str | None = None) -> "Recognizer":
         """:meth:`load` for a package held in memory (an upload, a stored version)."""
         manifest, arrays = parse_package(data, name, policy=policy)
         return cls._from_package(manifest, arrays, name, weights, backbone, with_backbone, allow_other_precision,
-                                 runtime)
+                                 runtime, precision)
 
     @classmethod
     def _from_package(cls, manifest, arrays, path, weights, backbone, with_backbone,
-                      allow_other_precision=False, runtime="torch") -> "Recognizer":
+                      allow_other_precision=False, runtime="torch", precision=None) -> "Recognizer":
         learner = learner_from_state({**manifest["learner"], "arrays": arrays})
         if backbone is None and with_backbone:
-            backbone = _rebuild_backbone(manifest, weights, runtime)
+            backbone = _rebuild_backbone(manifest, weights, runtime, precision)
         if backbone is not None:
             _check_fingerprint(manifest["backbone"], backbone.fingerprint, path,
                                ignore=("precision",) if allow_other_precision else ())
@@ -412,7 +416,7 @@ class Recognizer:
             raise ValueError("this recognizer was loaded without its backbone (with_backbone=False)")
 
 
-def _rebuild_backbone(manifest: dict, weights, runtime: str = "torch") -> "Backbone":
+def _rebuild_backbone(manifest: dict, weights, runtime: str = "torch", precision: str | None = None) -> "Backbone":
     fp = manifest["backbone"]
     ident = fp["weights"]
     seed = 0
@@ -427,7 +431,8 @@ def _rebuild_backbone(manifest: dict, weights, runtime: str = "torch") -> "Backb
         elif not os.environ.get(WEIGHTS_ENV) and manifest.get("weights_path") \
                 and Path(manifest["weights_path"]).is_file():
             weights = manifest["weights_path"]
-    return build_backbone(fp["name"], weights=weights, input_size=fp["input_size"], seed=seed, runtime=runtime)
+    return build_backbone(fp["name"], weights=weights, input_size=fp["input_size"], seed=seed, runtime=runtime,
+                          precision=precision)
 
 
 def _check_fingerprint(saved: dict, current: dict, path, ignore: Sequence[str] = ()) -> None:

@@ -251,3 +251,24 @@ def test_learn_predict_and_evaluate_run_from_a_bundle_without_torch(bundle, tmp_
 
     assert refused("export-backbone", "-o", str(tmp_path / "b.edgebundle"), "--backbone", "tiny", "--weights", "random")
     assert refused("learn", str(data / "train"), "-o", str(model), "--backbone", "tiny", "--weights", "random")
+
+
+def test_precision_is_the_bundles_own_and_another_is_refused(tmp_path):
+    from tests.conftest import make_image_folder
+
+    fp16 = export_bundle(tiny(), tmp_path / "t16.edgebundle", "fp16")
+    data, model = make_image_folder(tmp_path / "colours", per_class=3), tmp_path / "m.edge"
+    runner = CliRunner()
+    common = ["--backbone", "tiny", "--weights", str(fp16)]
+
+    learned = runner.invoke(cli_app, ["learn", str(data / "train"), "-o", str(model), *common, "--precision", "fp16"])
+    asked_int8 = runner.invoke(cli_app, ["predict", str(model), str(data / "test" / "red" / "red_0.png"),
+                                         "--weights", str(fp16), "--precision", "int8"])
+    served = Station(StationConfig(tmp_path / "station", backbone="tiny", weights=str(fp16), input_size=32))
+
+    assert learned.exit_code == 0, learned.output
+    assert asked_int8.exit_code == 1 and "is fp16, not int8" in asked_int8.output
+    assert served.rec.backbone.fingerprint["precision"] == "fp16"  # no --precision: the bundle's own
+    served.close()
+    with pytest.raises(ParameterError, match="is fp16, not fp32"):
+        Station(StationConfig(tmp_path / "other", backbone="tiny", weights=str(fp16), input_size=32, precision="fp32"))

@@ -21,10 +21,12 @@ _WHERE = {
 
 
 def build_backbone(name: str = "mobilenet_v2", *, weights: str | os.PathLike | None = None,
-                   input_size: int | None = None, precision: str = "fp32", **options):
+                   input_size: int | None = None, precision: str | None = None, **options):
     """Build a frozen feature extractor: see :func:`edgelearn.backbones.backbone.build_backbone`. A bundle
     (``weights="NAME.edgebundle"``, from ``edgelearn export-backbone``) gives a :class:`BundleBackbone`,
-    which runs on ONNX Runtime without PyTorch (``runtime`` and the other options do not apply to it)."""
+    which runs on ONNX Runtime without PyTorch (``runtime`` and the other options do not apply to it) at the
+    precision it was exported at (``precision``: ``None`` accepts it, another is refused). With PyTorch weights,
+    a ``precision`` other than fp32 runs on ONNX Runtime."""
     from edgelearn.backbones.bundle import is_bundle, load_bundle_backbone
 
     chosen = default_weights(weights, name)
@@ -38,7 +40,9 @@ def build_backbone(name: str = "mobilenet_v2", *, weights: str | os.PathLike | N
         raise WeightsError(f"module A from {chosen!r} needs PyTorch, which this device install does not have: give "
                            f"a bundle (--weights NAME.edgebundle, made on a workstation by edgelearn "
                            f"export-backbone) or install the workstation: pip install 'edgelearn[train]'") from None
-    return build_torch_backbone(name, weights=chosen, input_size=input_size, precision=precision, **options)
+    if precision not in (None, "fp32"):
+        options["runtime"] = "onnx"  # reduced precisions exist only as ONNX graphs
+    return build_torch_backbone(name, weights=chosen, input_size=input_size, precision=precision or "fp32", **options)
 
 
 __getattr__ = lazy_attributes(__name__, _WHERE)

@@ -179,9 +179,9 @@ class BundleBackbone:
 
 
 def load_bundle_backbone(path: str | os.PathLike, name: str | None = None, input_size: int | None = None,
-                         precision: str = "fp32") -> BundleBackbone:
+                         precision: str | None = None) -> BundleBackbone:
     """The bundle at ``path``, checked against what the caller asked for: a bundle is made for one backbone,
-    input size and precision (``fp32``, the default, accepts the bundle's own)."""
+    input size and precision (``None``, the default, accepts the bundle's own)."""
     backbone = BundleBackbone(path)
     if name is not None and name != backbone.name:
         raise WeightsError(f"bundle {path} holds backbone {backbone.name!r}, not {name!r}: "
@@ -189,7 +189,7 @@ def load_bundle_backbone(path: str | os.PathLike, name: str | None = None, input
     if input_size is not None and int(input_size) != backbone.preprocessing.input_size:
         raise WeightsError(f"bundle {path} takes {backbone.preprocessing.input_size} px inputs, not {input_size}: "
                            f"export a bundle at --input-size {input_size}")
-    if precision not in ("fp32", backbone.precision.split("-cal")[0]):  # int8's tag names its calibration set
+    if precision is not None and precision != backbone.precision.split("-cal")[0]:  # int8's tag: its calibration
         raise ParameterError(f"bundle {path} is {backbone.precision}, not {precision}: export a bundle at "
                              f"--precision {precision}")
     return backbone

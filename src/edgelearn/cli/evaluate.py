@@ -12,6 +12,7 @@ from edgelearn.cli.options import (
     Json,
     Model,
     NoCache,
+    PrecisionOption,
     Runtime,
     RuntimeOption,
     SkipBad,
@@ -39,16 +40,18 @@ def evaluate(
     = False,
     weights: Weights = None,
     runtime: RuntimeOption = Runtime.TORCH,
+    precision: PrecisionOption = None,
     no_cache: NoCache = False,
     skip_bad: SkipBad = False,
     as_json: Json = False,
 ):
     """Top-1, top-5 and per-class accuracy on a labelled folder."""
     if variants:
-        refuse_together("--variants", "level", "runtime", "no_cache", "unknown")
+        refuse_together("--variants", "level", "runtime", "no_cache", "unknown", "precision")
         return _variants_table(model, dataset, weights, as_json)
     unreadable = [] if skip_bad else None
-    rec, ds, X = _model_and_test_split(model, dataset, weights, no_cache, runtime, unreadable)
+    rec, ds, X = _model_and_test_split(model, dataset, weights, no_cache, runtime, unreadable,
+                                       precision and precision.value)
     learned = learned_mask(rec, ds.labels, level)
     if not learned.any():
         raise DatasetError(f"the model learned none of the classes in {dataset}")
@@ -93,9 +96,9 @@ def calibrate(
 
 
 def _model_and_test_split(model: Path, dataset: Path, weights, no_cache: bool, runtime: str = "torch",
-                          unreadable: list[str] | None = None):
+                          unreadable: list[str] | None = None, precision: str | None = None):
     """A saved model, the data set's test split (or all of it, less ``unreadable`` images) and its features."""
-    rec = Recognizer.load(model, weights=weights, runtime=runtime)
+    rec = Recognizer.load(model, weights=weights, runtime=runtime, precision=precision)
     return rec, *embed_readable(rec, FolderDataset.test_split(dataset), no_cache, unreadable)
 
 

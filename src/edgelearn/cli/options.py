@@ -105,6 +105,12 @@ SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Leave out images that
 
 
 
+PrecisionOption = Annotated[Precision | None, typer.Option(
+    help="Module A's precision: a bundle runs at the one it was exported at (another is refused; default: its "
+         "own); PyTorch weights at fp16 or int8-dynamic run on ONNX Runtime (int8 needs calibration: export a "
+         "bundle).")]
+
+
 def default_weights(weights: str | None, backbone: str = "mobilenet_v2") -> str:
     """The one default every command shares (:func:`edgelearn.backbones.weights.default_weights`)."""
     return weights_default(weights, backbone)

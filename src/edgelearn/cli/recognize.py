@@ -19,6 +19,7 @@ from edgelearn.cli.options import (
     LearnerOption,
     Model,
     NoCache,
+    PrecisionOption,
     Runtime,
     RuntimeOption,
     SkipBad,
@@ -49,6 +50,7 @@ def learn(
     weights: Weights = None,
     input_size: InputSize = None,
     runtime: RuntimeOption = Runtime.TORCH,
+    precision: PrecisionOption = None,
     no_cache: NoCache = False,
     skip_bad: SkipBad = False,
     key: Key = None,
@@ -56,7 +58,7 @@ def learn(
 ):
     """Learn the classes of a folder data set as a class-incremental stream and save the model."""
     result = _learn(dataset, learner, steps, per_class, seed, consolidation, backbone, weights, input_size,
-                    no_cache, runtime, skip_bad)
+                    no_cache, runtime, skip_bad, precision and precision.value)
     result.pop("recognizer").save(output, key=site_key(key))
     err.print(f"saved {output}")
     emit({**result, "model": str(output)}, as_json, steps_table(result["history"], result.get("evaluation")))
@@ -70,10 +72,11 @@ def predict(
     level: Annotated[int | None, typer.Option(min=1, help="Roll labels up to this concept level.")] = None,
     weights: Weights = None,
     runtime: RuntimeOption = Runtime.TORCH,
+    precision: PrecisionOption = None,
     as_json: Json = False,
 ):
     """Classify images: label, confidence and the next-best classes."""
-    rec = Recognizer.load(model, weights=weights, runtime=runtime)
+    rec = Recognizer.load(model, weights=weights, runtime=runtime, precision=precision and precision.value)
     predictions = rec.predict(images, top_k=top_k, level=level)
     rows = [{"image": str(p), **pred.to_dict()} for p, pred in zip(images, predictions, strict=True)]
     table = Table("image", "label", "confidence", "next best")
@@ -139,12 +142,13 @@ def demo(
 
 def _learn(dataset: Path, learner: str, steps: int, per_class: int | None, seed: int, consolidation: str,
            backbone: str, weights: str | None, input_size: int | None, no_cache: bool,
-           runtime: str = "torch", skip_bad: bool = False) -> dict:
+           runtime: str = "torch", skip_bad: bool = False, precision: str | None = None) -> dict:
     train, test = FolderDataset.splits(dataset)
     train = train.sample_per_class(per_class, seed)
     if steps > len(train.classes):
         log(f"warning: --steps {steps} is more than the {len(train.classes)} classes: classes are cut across steps")
-    rec = Recognizer.create(backbone, learner=learner, weights=weights, input_size=input_size, runtime=runtime)
+    rec = Recognizer.create(backbone, learner=learner, weights=weights, input_size=input_size, runtime=runtime,
+                            precision=precision)
     err.print(f"learning {len(train)} images of {len(train.classes)} classes in {steps} step(s) "
               f"with {rec.learner.kind} on {rec.backbone!r}")
     unreadable = [] if skip_bad else None

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from edgelearn.cli.options import InputSize, Json, Learner, Runtime, Similarity, Weights, default_weights
+from edgelearn.cli.options import InputSize, Json, Learner, PrecisionOption, Runtime, Similarity, Weights
 from edgelearn.cli.output import emit, err, out
 from edgelearn.errors import EdgelearnError, ParameterError
 from edgelearn.knowledge import TrustStore
@@ -25,6 +25,7 @@ def serve(
     = "mobilenet_v2",
     weights: Weights = None,
     input_size: InputSize = None,
+    precision: PrecisionOption = None,
     learner: Annotated[Learner, typer.Option(help="Module B's incremental learner (first start).")] = Learner.slda,
     runtime: Annotated[Runtime, typer.Option(help="onnx (ONNX Runtime: same features, about 2x faster) or torch.")]
     = Runtime.ONNX,
@@ -80,10 +81,10 @@ def serve(
         tls_cert, tls_key = self_signed(data, [host])
     if trust is not None:
         TrustStore.load(trust)  # a missing trust folder fails now, not at the first import
-    config = StationConfig(data, backbone, default_weights(weights, backbone), input_size, learner.replace("-", "_"),
+    config = StationConfig(data, backbone, weights, input_size, learner.replace("-", "_"),  # weights: found in data
                            runtime.value, keep_images, representatives=representatives.value,
                            unknown_below=unknown_below, queue_below=queue_below, trust=trust,
-                           allow_unsigned=allow_unsigned)
+                           allow_unsigned=allow_unsigned, precision=precision and precision.value)
     write_token, new = station_token(data, token)
     reads_token = find_read_token(data, read_token)
     writers = load_users(users) if users else None

@@ -55,6 +55,7 @@ class StationConfig:
     keep_versions: int = 50  # versions that keep their package (plus tagged ones, the active one and its parent)
     keep_events: int = 10_000  # feedback log: the newest events (plus those the active version replays)
     keep_resolved: int = 1_000  # labelled, dismissed or expired queue items (and their images)
+    precision: str | None = None  # module A's: a bundle's own (None) or checked against it; see build_backbone
 
     @property
     def store_path(self) -> Path:
@@ -104,7 +105,7 @@ class Station:
         if version is None:
             weights = default_weights(c.weights, c.backbone, c.data_dir)
             rec = Recognizer.create(c.backbone, learner=c.learner, weights=weights, input_size=c.input_size,
-                                    runtime=c.runtime)
+                                    runtime=c.runtime, precision=c.precision)
             self.store.set("created_with", {"backbone": c.backbone, "learner": c.learner,
                                             "input_size": c.input_size})
             self._holds = {self.store.add_version(rec.to_bytes(), "initial", classes=0, examples=0): _summary_of(rec)}
@@ -112,7 +113,7 @@ class Station:
         saved = self.store.get("created_with", {})
         name = saved.get("backbone", c.backbone)
         backbone = build_backbone(name, weights=default_weights(c.weights, name, c.data_dir),
-                                  input_size=saved.get("input_size"), runtime=c.runtime)
+                                  input_size=saved.get("input_size"), runtime=c.runtime, precision=c.precision)
         try:
             rec = Recognizer.from_bytes(self.store.package(version), f"store version {version}", backbone=backbone)
         except EdgelearnError as exc:
