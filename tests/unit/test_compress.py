@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from edgelearn.backbones import build_backbone
-from edgelearn.errors import EdgelearnError, IncompatibleError
+from edgelearn.errors import EdgelearnError, IncompatibleError, ParameterError
 from edgelearn.recognizer import Recognizer
 from edgelearn.runtime.quantize import quantize
 from tests.unit.test_station import colour_image
@@ -37,7 +37,7 @@ def test_int8_calibration_sets_are_checked(tmp_path):
         quantize(fp32, tmp_path / "q.onnx", "int8", [np.zeros((4, 32, 32), np.float32)])
     with pytest.raises(ValueError, match="precision must be"):
         quantize(fp32, tmp_path / "q.onnx", "int4")
-    with pytest.raises(ValueError, match="needs runtime='onnx'"):
+    with pytest.raises(ParameterError, match="add --runtime onnx"):
         build_backbone("tiny", weights="random", precision="int8")
 
 

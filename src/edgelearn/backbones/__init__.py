@@ -6,7 +6,7 @@ Names are imported on first use (PEP 562): a bundle (:class:`BundleBackbone`) bu
 import os
 
 from edgelearn.backbones.weights import WEIGHTS_ENV, Weights, default_weights
-from edgelearn.errors import WeightsError
+from edgelearn.errors import ParameterError, WeightsError
 from edgelearn.lazy import lazy_attributes
 
 _WHERE = {
@@ -26,7 +26,7 @@ def build_backbone(name: str = "mobilenet_v2", *, weights: str | os.PathLike | N
     (``weights="NAME.edgebundle"``, from ``edgelearn export-backbone``) gives a :class:`BundleBackbone`,
     which runs on ONNX Runtime without PyTorch (``runtime`` and the other options do not apply to it) at the
     precision it was exported at (``precision``: ``None`` accepts it, another is refused). With PyTorch weights,
-    a ``precision`` other than fp32 runs on ONNX Runtime."""
+    a ``precision`` other than fp32 needs ``runtime="onnx"``."""
     from edgelearn.backbones.bundle import is_bundle, load_bundle_backbone
 
     chosen = default_weights(weights, name)
@@ -40,8 +40,8 @@ def build_backbone(name: str = "mobilenet_v2", *, weights: str | os.PathLike | N
         raise WeightsError(f"module A from {chosen!r} needs PyTorch, which this device install does not have: give "
                            f"a bundle (--weights NAME.edgebundle, made on a workstation by edgelearn "
                            f"export-backbone) or install the workstation: pip install 'edgelearn[train]'") from None
-    if precision not in (None, "fp32"):
-        options["runtime"] = "onnx"  # reduced precisions exist only as ONNX graphs
+    if precision not in (None, "fp32") and str(options.get("runtime", "torch")) == "torch":
+        raise ParameterError(f"precision {precision} runs on ONNX Runtime: add --runtime onnx (or give a bundle)")
     return build_torch_backbone(name, weights=chosen, input_size=input_size, precision=precision or "fp32", **options)
 
 

@@ -107,7 +107,7 @@ SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Leave out images that
 
 PrecisionOption = Annotated[Precision | None, typer.Option(
     help="Module A's precision: a bundle runs at the one it was exported at (another is refused; default: its "
-         "own); PyTorch weights at fp16 or int8-dynamic run on ONNX Runtime (int8 needs calibration: export a "
+         "own); PyTorch weights at fp16 or int8-dynamic need --runtime onnx (int8 needs calibration: export a "
          "bundle).")]
 
 

@@ -53,6 +53,7 @@ class OnnxRunner:
         options.intra_op_num_threads = threads or torch.get_num_threads()
         # no busy-waiting between runs: on a small CPU the HTTP stack and the learner need those cycles
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.enable_cpu_mem_arena = False  # what a large batch takes returns (see BundleBackbone)
         self.path = Path(path)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

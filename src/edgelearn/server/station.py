@@ -69,8 +69,14 @@ class Station:
                            keep_resolved=config.keep_resolved)
         self._lock = threading.RLock()  # guards self.rec's learner and the order of store writes
         self._view: Recognizer  # what predictions read: a frozen snapshot of self.rec (see _publish)
-        self._blas = ThreadpoolController()
-        self.rec = self._open()
+        # one thread budget: ONNX Runtime gets the cores, numpy's BLAS one thread. OpenBLAS spreading SLDA's
+        # solve over cores the backbone is using made it 5x slower (660 vs 100 ms, loaded 2-core machine)
+        self._blas = ThreadpoolController().limit(limits=1, user_api="blas")
+        try:
+            self.rec = self._open()
+        except BaseException:
+            self._blas.restore_original_limits()
+            raise
         self._heat: HeatMapper | None = None
         self._signatures: dict[int, object] = {}
         self._last_queued: np.ndarray | None = None
@@ -91,11 +97,7 @@ class Station:
         """Give predictions a frozen copy of the current knowledge: one reference swap, after the
         new weights are computed (under the write lock), so a prediction never waits for learning
         and one issued after a write returned sees it."""
-        rec = self.rec
-        # one BLAS thread: OpenBLAS spreading the solve over cores the backbone is using made it
-        # 5x slower (660 vs 100 ms, loaded 2-core machine) and stalled predictions
-        with self._blas.limit(limits=1, user_api="blas"):
-            self._view = rec.frozen()  # SLDA solves here, off the prediction path
+        self._view = self.rec.frozen()  # SLDA solves here, off the prediction path
 
     # -- start ----------------------------------------------------------------------------------------
     def _open(self) -> Recognizer:
@@ -437,6 +439,7 @@ class Station:
     def close(self) -> None:
         self._batcher.close()
         self.store.close()
+        self._blas.restore_original_limits()
 
 
 def _summary_of(rec: Recognizer) -> tuple[list[str], int]:
