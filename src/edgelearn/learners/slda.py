@@ -119,7 +119,8 @@ class StreamingLDA(Learner):
         centred = X - mean_b[row_class]  # zero rows for classes seen once here
         self._combine(classes, n_b, mean_b, centred if (n_b > 1).any() else None)
         self._linear = None
-        self._changed = getattr(self, "_changed", set()) | set(classes.tolist())  # means to whiten again
+        self._changed.update(classes.tolist())  # means to whiten again
+        self._learned_since_solve += len(X)
 
     def _combine(self, classes, n_b, mean_b, rows=None, scatter_b=None) -> None:
         """Chan's update. The scatter gains ``rows.T @ rows`` (+ ``scatter_b``) and, per class,
@@ -137,7 +138,7 @@ class StreamingLDA(Learner):
     def _queue(self, rows: np.ndarray) -> None:
         self._pending.append(rows)
         self._pending_rows += len(rows)
-        self._added_trace = getattr(self, "_added_trace", 0.0) + float((rows * rows).sum())
+        self._added_trace += float((rows * rows).sum())
         if self._pending_rows >= 256:
             self._flush()
 
@@ -196,25 +197,21 @@ class StreamingLDA(Learner):
         return "negative class counts" if (arrays["counts_"] < 0).any() else None
 
     def _invalidate(self) -> None:
-        self._linear, self._p_means = None, None  # the next weights come from a full solve
+        """The next weights come from a full solve."""
+        self._linear, self._p_means, self._changed = None, None, set()
+        self._learned_since_solve, self._added_trace, self._solved_trace = 0, 0.0, 0.0
 
     def _weights(self, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The linear classifier ``(W, b)`` of the current state, computed once per change: LDA with
         each class's mean moved along its direction from the centre (see ``norm_prior``). ``exact``:
         with the covariance of every example learned (else it may be up to ``refresh_after`` behind)."""
-        if getattr(self, "_linear", None) is None or (exact and self._stale()):
-            if self._stale() and (exact or self._refresh_due()):
-                self._solve()
-            else:
-                self._whiten_changed_means()
+        behind = self._p_means is None or self._learned_since_solve > 0
+        if behind and (exact or self._p_means is None or self._added_trace > self.refresh_after * self._solved_trace):
+            self._solve()
+        if self._linear is None:
+            self._whiten_changed_means()  # none changed since a solve
             self._linear = self._classifier()
         return self._linear
-
-    def _stale(self) -> bool:
-        return getattr(self, "_p_means", None) is None or bool(self._changed)
-
-    def _refresh_due(self) -> bool:
-        return getattr(self, "_p_means", None) is None or self._added_trace > self.refresh_after * self._solved_trace
 
     def _solve(self) -> None:
         """Invert the shrunk covariance of everything learned and whiten every class mean (float64 accuracy)."""
@@ -225,10 +222,13 @@ class StreamingLDA(Learner):
         cov[np.diag_indices(d)] += self.shrinkage * max(trace / n / d, 1e-12)
         p_means, self._precision = solve_spd(cov, self.means_.T)
         self._p_means = p_means.T  # inv(cov) @ mean, per class
-        self._solved_trace, self._added_trace, self._changed = trace, 0.0, set()
+        self._solved_trace, self._added_trace, self._changed, self._learned_since_solve = trace, 0.0, set(), 0
+        self._linear = None
 
     def _whiten_changed_means(self) -> None:
         """Between solves: whiten the changed class means with the covariance of the last solve."""
+        if not self._changed:
+            return
         changed = sorted(self._changed)
         P = self._precision  # symmetric: P @ mean per changed class, as one matrix-vector product for one class
         self._p_means[changed] = (P @ self.means_[changed].T.astype(P.dtype)).T
@@ -319,7 +319,8 @@ class StreamingLDA(Learner):
         (solved exactly), not the scatter."""
         W, b = self._weights(exact=True)
         return {"_linear": (W, b), "counts_": self.counts_.copy(), "means_": self.means_.copy(),
-                "scatter_": None, "_pending": None, "_p_means": self._p_means.copy(), "_changed": set(),
+                "scatter_": None, "_pending": None,  # solved above: nothing is behind
+                "_p_means": self._p_means.copy(), "_changed": set(), "_learned_since_solve": 0,
                 # familiarity's parts are replaced on change, never changed in place
                 "_shared": self._shared, "_offsets": self._offsets, "_distance": self._distance}
 
