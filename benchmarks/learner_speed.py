@@ -13,6 +13,7 @@ repeat in one loop, the median of ``--repeats`` (>= 5) after a warm-up repeat.
 Writes benchmarks/results/learner_speed.{json,md}.
 """
 
+import copy
 import os
 import sys
 import time
@@ -106,6 +107,35 @@ def artmap_agreement_on_real_features() -> dict:
     return out
 
 
+def slda_stream_on_real_features(checkpoint: int = 100) -> dict:
+    """SLDA taught 2 images per class, then the rest of imagenette's train split one frame at a time (predict,
+    learn); every ``checkpoint`` frames the test split is scored by the streamed learner (its covariance from
+    the last full solve) and by an exact copy (solved now). Not timed."""
+    try:
+        data = common.dataset_features("imagenette", 96, common.default_weights())
+    except (FileNotFoundError, OSError) as error:
+        return {"skipped": str(error)}
+    (X, y, _), (Xt, yt, _) = data["train"], data["test"]
+    order = np.random.default_rng(0).permutation(len(X))
+    X, y = X[order], y[order]
+    first = np.concatenate([np.flatnonzero(y == c)[:2] for c in np.unique(y)])
+    rest = np.setdiff1d(np.arange(len(X)), first)
+    slda = make_learner("slda").partial_fit(X[first], y[first])
+    solves, right, checks = count_full_solves(slda), 0, []
+    for k, i in enumerate(rest, 1):
+        right += slda.predict(X[i:i + 1])[0] == y[i]
+        slda.partial_fit(X[i:i + 1], [y[i]])
+        if k % checkpoint == 0:
+            exact = copy.deepcopy(slda)
+            exact.__dict__.pop("_solve")  # solving the copy does not count
+            exact = exact.snapshot()
+            checks.append({"examples": int(slda.counts_.sum()), "accuracy": float((slda.predict(Xt) == yt).mean()),
+                           "exact_accuracy": float((exact.predict(Xt) == yt).mean()),
+                           "same_prediction": float((slda.predict(Xt) == exact.predict(Xt)).mean())})
+    return {"refresh_after": slda.refresh_after, "frames": len(rest), "full_solves": len(solves),
+            "prequential_accuracy": right / len(rest), "test_images": len(Xt), "checkpoints": checks}
+
+
 def per_frame(frames: int) -> tuple[dict, dict]:
     """Predict one frame, learn it, next frame, at 10 classes (5 taught per class first); beside predict-only.
     Every repeat streams ``frames`` more frames into the same learners, so they grow by ``frames`` a repeat."""
@@ -168,7 +198,24 @@ def markdown(results: dict) -> str:
     rates = results["per_frame_10_classes"]
     lines += [f"| {kind} | {rates[f'{kind} predict-then-learn']:,.0f} | {rates[f'{kind} predict only']:,.0f} |"
               for kind in LEARNERS]
+    lines += slda_stream_markdown(results["slda_stream_imagenette_96"])
     return "\n".join(lines) + "\n"
+
+
+def slda_stream_markdown(stream: dict) -> list[str]:
+    lines = ["", "## SLDA between full solves, real features (imagenette, 96 px)", ""]
+    if "skipped" in stream:
+        return lines + [f"Skipped: {stream['skipped']}"]
+    checks = stream["checkpoints"]
+    gaps = [c["accuracy"] - c["exact_accuracy"] for c in checks]
+    return lines + [
+        f"2 images per class taught, then {stream['frames']:,} frames one at a time (predict, learn); "
+        f"{stream['full_solves']} full solves (re-solve once the scatter's trace grew by "
+        f"{stream['refresh_after']:.0%}); prequential accuracy {stream['prequential_accuracy']:.1%}.", "",
+        f"On the {stream['test_images']} test images at {len(checks)} checkpoints: accuracy as streamed minus exact "
+        f"{min(gaps):+.1%} to {max(gaps):+.1%} (mean {np.mean(gaps):+.2%}); same prediction as the exact model "
+        f"{min(c['same_prediction'] for c in checks):.1%} at worst; at the end {checks[-1]['accuracy']:.1%} "
+        f"as streamed, {checks[-1]['exact_accuracy']:.1%} exact."]
 
 
 def main() -> None:
@@ -193,6 +240,8 @@ def main() -> None:
                        for _, about in artmaps],
                    "per_frame_10_classes": {name: rates[name] for name in camera_runs},
                    "examples_at_end": int(learners["slda"].counts_.sum()), "slda_full_solves": len(solves),
+                   "slda_stream_imagenette_96": {"skipped": "--no-real"} if args.no_real
+                   else slda_stream_on_real_features(),
                    "fuzzy_artmap_real_agreement": {} if args.no_real else artmap_agreement_on_real_features()}
     results["load"] = os.getloadavg()[0]
     text = markdown(results)

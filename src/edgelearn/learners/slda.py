@@ -205,8 +205,8 @@ class StreamingLDA(Learner):
         """The linear classifier ``(W, b)`` of the current state, computed once per change: LDA with
         each class's mean moved along its direction from the centre (see ``norm_prior``). ``exact``:
         with the covariance of every example learned (else it may be up to ``refresh_after`` behind)."""
-        behind = self._p_means is None or self._learned_since_solve > 0
-        if behind and (exact or self._p_means is None or self._added_trace > self.refresh_after * self._solved_trace):
+        grown = self._added_trace > self.refresh_after * self._solved_trace
+        if self._p_means is None or (self._learned_since_solve and (exact or grown)):
             self._solve()
         if self._linear is None:
             self._whiten_changed_means()  # none changed since a solve
