@@ -140,7 +140,7 @@ def per_frame(frames: int) -> tuple[dict, dict]:
     """Predict one frame, learn it, next frame, at 10 classes (5 taught per class first); beside predict-only.
     Every repeat streams ``frames`` more frames into the same learners, so they grow by ``frames`` a repeat."""
     X, y = features(10, 5, seed=3)
-    stream, labels = features(10, frames, seed=4)
+    stream, labels = features(10, frames // 10, seed=4)  # frames // 10 per class
     order = np.random.default_rng(5).permutation(len(stream))
     stream, labels = stream[order], labels[order]
     runs, learners = {}, {}
@@ -156,8 +156,8 @@ def per_frame(frames: int) -> tuple[dict, dict]:
             for row in stream:
                 learner.predict(row[None])
 
-        runs[f"{kind} predict-then-learn"] = (camera, frames)
-        runs[f"{kind} predict only"] = (predict_only, frames)
+        runs[f"{kind} predict-then-learn"] = (camera, len(stream))
+        runs[f"{kind} predict only"] = (predict_only, len(stream))
     return runs, learners
 
 
