@@ -10,7 +10,6 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import rankdata
 
 from edgelearn.recognizer import Recognizer, concept_prefix
 
@@ -18,8 +17,23 @@ from edgelearn.recognizer import Recognizer, concept_prefix
 def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
     """Area under the ROC curve of telling ``known`` (positives) from ``unknown`` scores."""
     known, unknown = np.asarray(known, np.float64), np.asarray(unknown, np.float64)
-    ranks = rankdata(np.r_[known, unknown])[:len(known)]
+    ranks = average_ranks(np.r_[known, unknown])[:len(known)]
     return float((ranks.sum() - len(known) * (len(known) + 1) / 2) / (len(known) * len(unknown)))
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``values``, tied values sharing the average of their ranks.
+
+    >>> average_ranks(np.array([0.5, 0.1, 0.5, 0.9])).tolist()
+    [2.5, 1.0, 2.5, 4.0]
+    """
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # where each run of equal values begins
+    ends = np.r_[starts[1:], len(values)]
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat((starts + ends + 1) / 2, ends - starts)  # the mean of ranks starts+1 .. ends
+    return ranks
 
 
 def fpr_at_tpr(known: np.ndarray, unknown: np.ndarray, tpr: float = 0.95) -> float:
