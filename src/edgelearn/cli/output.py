@@ -7,6 +7,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgelearn.errors import EdgelearnError
@@ -43,13 +44,14 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except EdgelearnError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except ModuleNotFoundError as exc:
             if exc.name is None or exc.name.split(".")[0] not in WORKSTATION_ONLY:
                 raise
-            err.print(f"[red]error:[/red] this command needs the workstation install ({exc.name} is missing): "
-                      f"pip install 'edgelearn[train]'", highlight=False, soft_wrap=True)
+            message = (f"this command needs the workstation install ({exc.name} is missing): "
+                       f"pip install 'edgelearn[train]'")
+            err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper
