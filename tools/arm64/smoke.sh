@@ -8,6 +8,7 @@
 #
 # $ARM64_ROOT: the root file system (default /work/arm64-root; never inside a git checkout).
 # $EDGELEARN_PYTHON: this machine's Python with the full install (default: python3).
+# $ARM64_TRAIN_ONLY: the dependencies left out of the device install (default: the training stack).
 # $EDGELEARN_MNV2_WEIGHTS: the MobileNetV2 state dict for --speed (default: the shared one).
 set -euo pipefail
 
@@ -18,8 +19,8 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 OPT=$ROOT/opt/edgelearn
 VENV=$OPT/venv
 WHEELS=$OPT/wheels
-# Module A's training stack: not part of the device install (the [train] extra once pyproject.toml has it).
-TRAIN_ONLY="torch torchvision captum scipy scikit-image matplotlib imagehash onnx onnxscript torchmetrics"
+# The training stack: not part of the device install (the [train] extra once pyproject.toml has it).
+TRAIN_ONLY=${ARM64_TRAIN_ONLY:-torch torchvision captum scipy scikit-image matplotlib imagehash onnx onnxscript torchmetrics}
 SMOKE_ONLY="httpx"  # the smoke's HTTP client
 
 say() { printf '\n== %s\n' "$*"; }
@@ -55,6 +56,19 @@ build_rootfs() {
     for deb in "$ROOT"/var/cache/apt/archives/*.deb; do
         dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$ROOT" --keep-directory-symlink
     done
+}
+
+# qemu 7.2's user mode shows the guest this machine's x86 /proc/cpuinfo, on which ONNX Runtime's CPU detection
+# (cpuinfo, at import) crashes: the root gets an arm64 one (Cortex-A72, a Raspberry Pi 4's core, one entry per
+# CPU here); the rest of /proc and /sys are this machine's (qemu falls back to them).
+emulated_cpu() {
+    [ -L "$ROOT/proc" ] && rm "$ROOT/proc"
+    [ -L "$ROOT/sys" ] || { rmdir "$ROOT/sys" && ln -s /sys "$ROOT/sys"; }
+    mkdir -p "$ROOT/proc"
+    for i in $(seq 0 $(($(nproc --all) - 1))); do
+        printf 'processor\t: %d\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n' "$i"
+        printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n'
+    done >"$ROOT/proc/cpuinfo"
 }
 
 device_requirements() {  # pyproject's dependencies less the training stack, one a line
@@ -121,6 +135,7 @@ speed() {
 
 check_root_location
 build_rootfs
+emulated_cpu
 download_wheels
 install_device
 smoke
