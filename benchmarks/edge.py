@@ -156,7 +156,8 @@ def main() -> None:
 
     device = device_python(args.device_venv)
     workstation = Path(sys.executable)
-    result: dict = {"environment": common.environment(), "install": {}, "import_s": {}, "station": {}}
+    result: dict = {"environment": {**common.environment(), "load_average_at_start": os.getloadavg()},
+                    "install": {}, "import_s": {}, "station": {}}
     for name, python in (("device", device), ("workstation", workstation)):
         result["install"][name] = site_packages_mb(python)
         result["import_s"][name] = round(import_seconds(python), 2)
@@ -177,17 +178,20 @@ def main() -> None:
         print(name, result["station"][name], flush=True)
     result["forward_fps"] = forward_fps(bundles, [load_image(p) for p in test.paths])
     print(result["forward_fps"], flush=True)
+    result["environment"]["load_average_at_end"] = os.getloadavg()
     (common.RESULTS / "edge.json").write_text(json.dumps(result, indent=1))
     (common.RESULTS / "edge.md").write_text(report(result, args))
 
 
 def report(r: dict, args) -> str:
     d, w = r["station"]["device"], r["station"]["workstation"]
+    env = r["environment"]
     lines = ["# The device install (benchmarks/edge.py)", "",
-             f"`python benchmarks/edge.py --predictions {args.predictions}` on {r['environment']['cores']} x86 "
-             f"cores, {r['environment']['date']}. Station: MobileNetV2 + SLDA at 224 px fp32, one client on "
-             "127.0.0.1, 10 classes taught from 5 images each; the device from a bundle, the workstation from the "
-             "PyTorch weights on ONNX Runtime.", "",
+             f"`python benchmarks/edge.py --predictions {args.predictions}` on {env['cores']} x86 cores, {env['date']} "
+             f"(load average {env['load_average_at_start'][0]:.1f} at the start, {env['load_average_at_end'][0]:.1f} "
+             "at the end). Station: MobileNetV2 + SLDA at 224 px fp32, one client on 127.0.0.1, 10 classes taught "
+             "from 5 images each; the device from a bundle, the workstation from the PyTorch weights on ONNX Runtime.",
+             "",
              "| | device install | workstation install |", "|---|---|---|"]
     rows = [("site-packages (MB)", r["install"]["device"]["site_packages_mb"],
              r["install"]["workstation"]["site_packages_mb"]),

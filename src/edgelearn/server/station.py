@@ -7,6 +7,7 @@ The learner is never saved by itself: on start it is rebuilt as ``active version
 """
 
 import base64
+import ctypes
 import hashlib
 import io
 import itertools
@@ -34,6 +35,26 @@ THUMBNAIL_SIDE = 160
 CLASS_THUMBNAILS = 4  # per class card
 FEW_EXAMPLES = 5  # a class with fewer gets a hint to teach more
 REPLAYS = ("checkpoint", "undo")  # versions that are exactly their parent + its events (undo looks through them)
+def return_freed_memory() -> None:
+    """Hand freed heap memory back to the system (glibc keeps it otherwise). Teaching runs larger batches
+    through the backbone than predictions do: without this the station held 120 MB more for good after its
+    first teaching (MobileNetV2 at 224 px, measured with malloc_trim: 294 -> 173 MB)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _glibc():
+    """The process's C library if it has glibc's ``malloc_trim`` (Linux), else None."""
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _glibc()
+
+
 @dataclass
 class StationConfig:
     """How a station is set up; the recognizer's part is fixed by the store's first start."""
@@ -251,6 +272,7 @@ class Station:
             if self.store.events_on(self.store.active_version) >= self.config.checkpoint_every:
                 self._new_version("checkpoint", user)
             self._publish()
+        return_freed_memory()
         return {"events": ids, "classes": self.rec.classes}
 
     def label_queue(self, item: int, label: str | None, user: str | None = None, new_class: bool = False) -> dict:
