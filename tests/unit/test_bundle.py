@@ -272,3 +272,21 @@ def test_precision_is_the_bundles_own_and_another_is_refused(tmp_path):
     served.close()
     with pytest.raises(ParameterError, match="is fp16, not fp32"):
         Station(StationConfig(tmp_path / "other", backbone="tiny", weights=str(fp16), input_size=32, precision="fp32"))
+
+
+def test_an_onnx_file_with_the_sidecar_beside_it_runs_as_a_bundle(bundle, tmp_path):
+    with zipfile.ZipFile(bundle) as archive:
+        (tmp_path / "a.onnx").write_bytes(archive.read("model.onnx"))
+        sidecar = archive.read("bundle.json")
+    images = [colour_image("red", 1)]
+
+    with pytest.raises(WeightsError, match="a.onnx.json"):
+        build_backbone("tiny", weights=tmp_path / "a.onnx")
+    (tmp_path / "a.onnx.json").write_bytes(sidecar)
+    loose = build_backbone("tiny", weights=tmp_path / "a.onnx")
+
+    assert loose.fingerprint == BundleBackbone(bundle).fingerprint
+    assert np.array_equal(loose.embed(images), BundleBackbone(bundle).embed(images))
+    (tmp_path / "a.onnx").write_bytes(b"\0" + (tmp_path / "a.onnx").read_bytes())
+    with pytest.raises(ModelFileError, match="sha256"):
+        build_backbone("tiny", weights=tmp_path / "a.onnx")

@@ -38,8 +38,9 @@ MAX_SIDECAR_BYTES = 2**20
 
 
 def is_bundle(weights: str | os.PathLike | None) -> bool:
-    """Whether a ``weights`` choice names a bundle (by its file name)."""
-    return weights is not None and str(weights).endswith(BUNDLE_SUFFIX)
+    """Whether a ``weights`` choice names a bundle: ``NAME.edgebundle``, or an ONNX file with the same sidecar
+    beside it unzipped (``NAME.onnx`` + ``NAME.onnx.json``)."""
+    return weights is not None and (str(weights).endswith(BUNDLE_SUFFIX) or str(weights).endswith(".onnx"))
 
 
 def export_bundle(backbone: Backbone, path: str | os.PathLike, precision: str = "fp32",
@@ -68,9 +69,7 @@ def read_bundle(path: str | os.PathLike) -> tuple[dict, bytes]:
     if not path.is_file():
         raise WeightsError(f"bundle not found: {path} (make one with edgelearn export-backbone)")
     try:
-        with zipfile.ZipFile(path) as archive:
-            sidecar = json.loads(_member(archive, SIDECAR, MAX_SIDECAR_BYTES, path))
-            graph = _member(archive, GRAPH, MAX_GRAPH_BYTES, path)
+        sidecar, graph = _read_onnx_and_sidecar(path) if path.suffix == ".onnx" else _read_zip(path)
     except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
         raise ModelFileError(f"{path} is not a readable bundle ({exc}); export it again") from exc
     if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
@@ -79,6 +78,24 @@ def read_bundle(path: str | os.PathLike) -> tuple[dict, bytes]:
         raise ModelFileError(f"{path}: the graph's sha256 differs from the one its sidecar records: the bundle "
                              f"was altered or damaged")
     return sidecar, graph
+
+
+def _read_zip(path: Path) -> tuple[dict, bytes]:
+    with zipfile.ZipFile(path) as archive:
+        return json.loads(_member(archive, SIDECAR, MAX_SIDECAR_BYTES, path)), _member(archive, GRAPH, MAX_GRAPH_BYTES,
+                                                                                       path)
+
+
+def _read_onnx_and_sidecar(path: Path) -> tuple[dict, bytes]:
+    """An ONNX file and its sidecar ``<file>.json`` (the bundle's ``bundle.json``, side by side)."""
+    sidecar = Path(f"{path}.json")
+    if not sidecar.is_file():
+        raise WeightsError(f"{path}: an ONNX file runs as module A only with its sidecar {sidecar.name} (fingerprint, "
+                           f"preprocessing, sha256); make both with edgelearn export-backbone")
+    for file, limit in ((sidecar, MAX_SIDECAR_BYTES), (path, MAX_GRAPH_BYTES)):
+        if file.stat().st_size > limit:
+            raise ModelFileError(f"{file}: {file.stat().st_size} bytes, more than the {limit} allowed")
+    return json.loads(sidecar.read_bytes()), path.read_bytes()
 
 
 def _member(archive: zipfile.ZipFile, name: str, limit: int, path: Path) -> bytes:
