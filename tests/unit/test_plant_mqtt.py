@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 import edgelearn
-from edgelearn.errors import ParameterError
+from edgelearn.errors import ParameterError, WriteError
+from edgelearn.federation.tls import make_certificates
 from edgelearn.plant import Decision
 from edgelearn.plant.mqtt import MqttSink
 
@@ -46,7 +47,8 @@ class Broker:
     """Mosquitto on 127.0.0.1:``port`` with a config file written here; ``start``/``stop`` may repeat."""
 
     def __init__(self, folder: Path, port: int | None = None, *, users: dict[str, str] | None = None,
-                 persistence: bool = False):
+                 persistence: bool = False, tls: dict[str, Path] | None = None):
+        """``tls``: also a TLS listener on ``tls_port`` with ``make_certificates``' files."""
         self.folder, self.port = folder, port or free_port()
         lines = [f"listener {self.port} 127.0.0.1", f"allow_anonymous {'false' if users else 'true'}",
                  f"persistence {'true' if persistence else 'false'}", f"persistence_location {folder}/",
@@ -58,6 +60,10 @@ class Broker:
                 subprocess.run([MOSQUITTO_PASSWD, *([] if passwords.exists() else ["-c"]), "-b", str(passwords),
                                 user, password], check=True, capture_output=True)
             lines.append(f"password_file {passwords}")
+        if tls:
+            self.tls_port = free_port()
+            lines += [f"listener {self.tls_port} 127.0.0.1", f"cafile {tls['ca']}", f"certfile {tls['cert']}",
+                      f"keyfile {tls['key']}"]
         self.config = folder / "mosquitto.conf"
         self.config.write_text("\n".join(lines) + "\n")
         self.url = f"mqtt://127.0.0.1:{self.port}"
@@ -185,22 +191,28 @@ def test_a_killed_station_is_reported_offline_by_the_broker(broker, tmp_path):
         station.wait(TIMEOUT)
 
 
-def test_results_made_while_the_broker_is_down_arrive_in_order_after_its_restart(tmp_path):
+@pytest.mark.parametrize("before", [0, 200], ids=["idle", "in-flight"])
+def test_results_made_while_the_broker_is_down_arrive_in_order_after_its_restart(before, tmp_path):
+    """``in-flight``: the broker stops while results are still being sent and acknowledged."""
     broker = Broker(tmp_path, persistence=True).start()
     # a persistent session: the broker keeps what arrives for it while this subscriber reconnects
     subscriber = Subscriber(broker, "edgelearn/line-3/result", client_id="dashboard", clean=False)
     sink = MqttSink(broker.url, "line-3", outbox=tmp_path / "outbox.db")
     try:
+        for i in range(before):
+            sink.publish(decision(i))
         broker.stop()
         wait_for(lambda: not sink.connected, "the sink to notice the broker is gone")
 
-        for i in range(50):
+        for i in range(before, before + 50):
             sink.publish(decision(i))
-        assert sink.buffered == 50
+        assert sink.buffered >= 50
         broker.start()
 
-        ids = [r["frame_id"] for r in subscriber.results(50)]
-        assert list(dict.fromkeys(ids)) == list(range(50))  # in order, none lost (QoS 1 may repeat one)
+        ids = []
+        while len(set(ids)) < before + 50:
+            ids.append(subscriber.results(1)[0]["frame_id"])
+        assert list(dict.fromkeys(ids)) == list(range(before + 50))  # in order, none lost (QoS 1 may repeat)
         wait_for(lambda: sink.buffered == 0, "the outbox to empty")
     finally:
         sink.close()
@@ -253,6 +265,22 @@ def test_a_wrong_password_is_refused_with_a_clear_error(tmp_path):
         broker.stop()
 
 
+def test_results_arrive_over_tls(tmp_path):
+    certificates = make_certificates(tmp_path / "tls")
+    broker = Broker(tmp_path, tls=certificates).start()
+    subscriber = Subscriber(broker, "edgelearn/line-3/result")
+    sink = MqttSink(f"mqtts://127.0.0.1:{broker.tls_port}", "line-3", outbox=tmp_path / "outbox.db",
+                    tls_ca=certificates["ca"])
+    try:
+        assert sink.connected
+        sink.publish(decision(1))
+        assert subscriber.results(1)[0]["frame_id"] == 1
+    finally:
+        sink.close()
+        subscriber.close()
+        broker.stop()
+
+
 @pytest.mark.parametrize("station", ["", "line/3", "line+", "#", "line\n3"])
 def test_a_station_name_unsafe_in_topics_is_refused(station, tmp_path):
     with pytest.raises(ParameterError, match="cannot be used in MQTT topics"):
@@ -264,6 +292,12 @@ def test_a_station_name_unsafe_in_topics_is_refused(station, tmp_path):
 def test_a_malformed_broker_url_is_refused(url, tmp_path):
     with pytest.raises(ParameterError, match="mqtt://HOST:PORT"):
         MqttSink(url, "line-3", outbox=tmp_path / "outbox.db")
+
+
+def test_an_outbox_that_cannot_be_written_is_refused(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(WriteError, match="cannot keep the MQTT outbox in"):
+        MqttSink("mqtt://127.0.0.1:1", "line-3", outbox=tmp_path / "a-file" / "outbox.db")
 
 
 def test_a_ca_certificate_needs_mqtts(tmp_path):

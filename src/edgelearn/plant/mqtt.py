@@ -133,8 +133,8 @@ class MqttSink:
         self.url, self.station = url, check_station(station)
         self.topic = f"edgelearn/{station}"
         self.dropped = 0  # results dropped from a full outbox since this sink started
-        self._outbox = Outbox(Path(outbox), max_buffered)
         self._client = self._make_client(tls, username, password, tls_ca)
+        self._outbox = Outbox(Path(outbox), max_buffered)
         self._connected = threading.Event()
         self._answered = threading.Event()  # the broker's first answer (or a failed connection) came
         self._refusal: str | None = None
@@ -173,6 +173,7 @@ class MqttSink:
     def _connect_or_raise(self) -> None:
         self._answered.wait(CONNECT_WAIT)
         if self._refusal is not None:
+            self._client.disconnect()  # stops paho's retries
             self._client.loop_stop()
             self._outbox.close()
             raise ParameterError(f"the MQTT broker at {self.url} refused station {self.station!r}: "
