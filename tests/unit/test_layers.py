@@ -18,7 +18,7 @@ LAYERS = [
     {"explain", "recognizer"},
     {"evaluation"},
     {"training", "server"},
-    {"inspection", "detection", "federation"},
+    {"inspection", "detection", "federation", "plant"},
     {"cli", "__main__"},
 ]
 
