@@ -197,12 +197,14 @@ def test_beyond_loopback_needs_encryption_and_a_trusted_certificate(tmp_path, cl
             run(connect(port, server_dir, client_certificate))
         with pytest.raises(ua.UaStatusCodeError):  # a user certificate nobody trusted
             run(connect(port, server_dir, client_certificate, as_user=True))
+    certificate = (server_dir / "server-cert.der").read_bytes()
     (server_dir / "trusted").mkdir()
     (server_dir / "trusted" / "plc.der").write_bytes(client_certificate[1].read_bytes())
     with OpcUaServer(f"opc.tcp://0.0.0.0:{port}", "line1", certificate_dir=server_dir) as srv:
         srv.publish(decision(1, "ok"))
         time.sleep(0.2)  # let the write land; the assertion is on the value, not the time
         assert run(connect(port, server_dir, client_certificate, as_user=True)) == "ok"
+    assert (server_dir / "server-cert.der").read_bytes() == certificate  # PLCs that trusted it still do
 
 
 def test_anonymous_beyond_loopback_is_an_explicit_opt_in(tmp_path, client_certificate):

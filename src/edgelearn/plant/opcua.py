@@ -19,7 +19,7 @@ and a method ``Trigger()`` that decides on the latest frame now and returns ``[L
 Writes are off: every variable is read-only to clients (teaching or correcting over OPC UA is not offered).
 
 Security: on a loopback endpoint (127.0.0.1, ::1, localhost) the server accepts anonymous sessions without
-encryption. Beyond loopback, or whenever ``certificate_dir`` is given, it offers only Basic256Sha256
+encryption. Beyond loopback, or when ``certificate_dir`` is given, it offers only Basic256Sha256
 (Sign, SignAndEncrypt) with a self-signed certificate generated into ``certificate_dir`` (key file 0600);
 anonymous sessions are then refused unless ``allow_anonymous=True``, and a client proves who it is with
 an X.509 user certificate that an engineer placed in ``certificate_dir/trusted/`` (DER or PEM).
@@ -94,11 +94,14 @@ class OpcUaServer:
     ----------
     endpoint : ``opc.tcp://HOST:PORT``; HOST 0.0.0.0 listens on every interface.
     station : the station's name: the object's browse name and the namespace ``urn:edgelearn:<station>``.
-    trigger : called by the ``Trigger()`` method, in a worker thread; returns the decision it made (and
-        publishes it, as :meth:`Watcher.trigger` does). Without it ``Trigger()`` answers BadNotImplemented.
-    certificate_dir : where the server's key and certificate are generated (once) and ``trusted/`` user
-        certificates are read; default ``<data folder>/opcua`` when the endpoint is beyond loopback.
-    allow_anonymous : default: True on loopback, False beyond it.
+    trigger : called by the ``Trigger()`` method, in a worker thread, to decide on the latest frame
+        (:meth:`Watcher.trigger`). The server does not publish the decision it returns: the caller's sinks
+        do, so Counter counts it once. Without it, or when it raises an EdgelearnError (no frame yet),
+        ``Trigger()`` answers a Bad status (BadNotImplemented, BadInvalidState).
+    certificate_dir : where the server's key and certificate are generated (kept while valid: a year) and
+        ``trusted/`` user certificates are read; default ``<data folder>/opcua`` when security is on.
+    allow_anonymous : default: True on loopback, False beyond it. False, or a ``certificate_dir``, turns
+        security on for a loopback endpoint too.
 
     Raises
     ------
@@ -113,7 +116,7 @@ class OpcUaServer:
         except ImportError as exc:
             raise EdgelearnError(MISSING) from exc
         self.endpoint, self.station, self._trigger = endpoint, station, trigger
-        self.secure = certificate_dir is not None or not is_loopback(self.host)
+        self.secure = certificate_dir is not None or not is_loopback(self.host) or allow_anonymous is False
         self.certificate_dir = Path(certificate_dir or default_data_dir() / "opcua") if self.secure else None
         self.allow_anonymous = is_loopback(self.host) if allow_anonymous is None else allow_anonymous
         self._counter = 0
