@@ -171,7 +171,8 @@ def client_certificate(tmp_path):
     return key, cert
 
 
-async def connect(port, server_dir, client_certificate=None, *, as_user: bool = False) -> str:
+async def connect(port, server_dir, client_certificate=None, *, as_user: bool = False,
+                  login: tuple[str, str] | None = None) -> str:
     """Label as read by a client; with a certificate, over Basic256Sha256 SignAndEncrypt, and ``as_user``
     also as the session's identity (else the session is anonymous)."""
     client = Client(url(port), timeout=TIMEOUT)
@@ -183,6 +184,9 @@ async def connect(port, server_dir, client_certificate=None, *, as_user: bool = 
         if as_user:
             await client.load_client_certificate(str(cert))
             await client.load_private_key(str(key))
+    if login:
+        client.set_user(login[0])
+        client.set_password(login[1])
     async with client:
         return await (await station_nodes(client))["Label"].read_value()
 
@@ -211,3 +215,19 @@ def test_anonymous_beyond_loopback_is_an_explicit_opt_in(tmp_path, client_certif
     port, server_dir = free_port(), tmp_path / "server"
     with OpcUaServer(f"opc.tcp://0.0.0.0:{port}", "line1", certificate_dir=server_dir, allow_anonymous=True):
         assert run(connect(port, server_dir, client_certificate)) == ""
+
+
+def test_a_name_and_password_from_the_users_file_log_in(tmp_path, client_certificate):
+    port, server_dir, users = free_port(), tmp_path / "server", tmp_path / "users"
+    users.write_text("plc1 a-long-enough-secret-token\n")
+    users.chmod(0o644)
+    with pytest.raises(EdgelearnError, match="chmod 600"):
+        OpcUaServer(f"opc.tcp://127.0.0.1:{port}", "line1", certificate_dir=server_dir, users=users)
+    users.chmod(0o600)
+    with OpcUaServer(f"opc.tcp://127.0.0.1:{port}", "line1", certificate_dir=server_dir, users=users,
+                     allow_anonymous=False):
+        assert run(connect(port, server_dir, client_certificate, login=("plc1", "a-long-enough-secret-token"))) == ""
+        with pytest.raises(ua.UaStatusCodeError):
+            run(connect(port, server_dir, client_certificate, login=("plc1", "a-wrong-secret-token-here")))
+        with pytest.raises(ua.UaStatusCodeError):  # anonymous off
+            run(connect(port, server_dir, client_certificate))

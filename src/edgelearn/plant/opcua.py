@@ -22,13 +22,15 @@ Security: on a loopback endpoint (127.0.0.1, ::1, localhost) the server accepts 
 encryption. Beyond loopback, or when ``certificate_dir`` is given, it offers only Basic256Sha256
 (Sign, SignAndEncrypt) with a self-signed certificate generated into ``certificate_dir`` (key file 0600);
 anonymous sessions are then refused unless ``allow_anonymous=True``, and a client proves who it is with
-an X.509 user certificate that an engineer placed in ``certificate_dir/trusted/`` (DER or PEM).
+an X.509 user certificate that an engineer placed in ``certificate_dir/trusted/`` (DER or PEM), or with a
+name and password from the station's users file (``users``). Every identity may read, none may write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import hmac
 import ipaddress
 import logging
 import os
@@ -76,15 +78,20 @@ class _TrustedUsers:
     """asyncua user manager: a session is let in when anonymous access is on, or when the certificate it
     brings is in the trust list. Which token types a client may send at all is set apart (identity tokens)."""
 
-    def __init__(self, trusted: set[bytes], allow_anonymous: bool):
-        self.trusted, self.allow_anonymous = trusted, allow_anonymous
+    def __init__(self, trusted: set[bytes], allow_anonymous: bool, passwords: dict[str, str]):
+        self.trusted, self.allow_anonymous, self.passwords = trusted, allow_anonymous, passwords
 
     def get_user(self, iserver, username=None, password=None, certificate=None):
         from asyncua.crypto import uacrypto
         from asyncua.crypto.permission_rules import User, UserRole
 
-        der = certificate if isinstance(certificate, bytes | None) else uacrypto.der_from_x509(certificate)
-        return User(role=UserRole.User) if self.allow_anonymous or der in self.trusted else None
+        if username is not None:  # a name and password: they alone decide, never the channel's certificate
+            expected = self.passwords.get(username)
+            allowed = expected is not None and hmac.compare_digest(expected.encode(), (password or "").encode())
+        else:
+            der = certificate if isinstance(certificate, bytes | None) else uacrypto.der_from_x509(certificate)
+            allowed = self.allow_anonymous or der in self.trusted
+        return User(role=UserRole.User, name=username) if allowed else None
 
 
 class OpcUaServer:
@@ -100,25 +107,31 @@ class OpcUaServer:
         ``Trigger()`` answers a Bad status (BadNotImplemented, BadInvalidState).
     certificate_dir : where the server's key and certificate are generated (kept while valid: a year) and
         ``trusted/`` user certificates are read; default ``<data folder>/opcua`` when security is on.
-    allow_anonymous : default: True on loopback, False beyond it. False, or a ``certificate_dir``, turns
-        security on for a loopback endpoint too.
+    allow_anonymous : default: True on loopback, False beyond it.
+    users : the station's ``--users`` file (``name token`` per line, mode 0600): each name logs in with its
+        token as password (sent encrypted). ``users``, ``certificate_dir`` or ``allow_anonymous=False``
+        turn security on for a loopback endpoint too.
 
     Raises
     ------
     ParameterError : a bad endpoint, or its port in use.
+    EdgelearnError : a users file that others can read or that is malformed.
     """
 
     def __init__(self, endpoint: str, station: str, *, trigger: Callable[[], Decision] | None = None,
-                 certificate_dir: Path | None = None, allow_anonymous: bool | None = None):
+                 certificate_dir: Path | None = None, allow_anonymous: bool | None = None,
+                 users: Path | None = None):
         self.host, self.port = parse_endpoint(endpoint)
         try:
             import asyncua  # noqa: F401  (checked here so the error is one clear line, not a traceback)
         except ImportError as exc:
             raise EdgelearnError(MISSING) from exc
         self.endpoint, self.station, self._trigger = endpoint, station, trigger
-        self.secure = certificate_dir is not None or not is_loopback(self.host) or allow_anonymous is False
+        self.secure = (certificate_dir is not None or users is not None or not is_loopback(self.host)
+                       or allow_anonymous is False)
         self.certificate_dir = Path(certificate_dir or default_data_dir() / "opcua") if self.secure else None
         self.allow_anonymous = is_loopback(self.host) if allow_anonymous is None else allow_anonymous
+        self._passwords = _load_passwords(users)
         self._counter = 0
         self._closed = False
         self._loop = asyncio.new_event_loop()
@@ -164,7 +177,8 @@ class OpcUaServer:
         from asyncua import Server, ua
 
         uri = f"urn:edgelearn:{self.station}"
-        server = Server(user_manager=_TrustedUsers(self._trusted_certificates(), self.allow_anonymous))
+        users = _TrustedUsers(self._trusted_certificates(), self.allow_anonymous, self._passwords)
+        server = Server(user_manager=users)
         await server.init()
         server.set_endpoint(f"opc.tcp://{self.host}:{self.port}/edgelearn/")
         server.set_server_name(f"edgelearn station {self.station}")
@@ -174,7 +188,7 @@ class OpcUaServer:
             await self._load_certificate(server, uri)
             server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_Sign,
                                         ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
-            tokens.append(ua.X509IdentityToken)
+            tokens += [ua.X509IdentityToken] + ([ua.UserNameIdentityToken] if self._passwords else [])
         else:
             server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         server.set_identity_tokens(tokens)
@@ -275,6 +289,15 @@ class OpcUaServer:
         self._thread.join(START_TIMEOUT)
         if not self._thread.is_alive():
             self._loop.close()
+
+
+def _load_passwords(users: Path | None) -> dict[str, str]:
+    """name -> password from the station's ``--users`` file (``name token`` lines, private to its owner)."""
+    if users is None:
+        return {}
+    from edgelearn.server.guard import load_users  # the API's own users file: one list of people, one format
+
+    return load_users(Path(users))
 
 
 def _initial(kind: str):
