@@ -79,3 +79,14 @@ def test_one_row_at_a_time_scores_as_a_batch():
     np.testing.assert_array_equal(np.vstack([fam.predict_logits(row[None]) for row in Xt[:12]]), batch)
     assert list(fam.predict(Xt[:12])) == [fam.predict(row[None])[0] for row in Xt[:12]]
     assert fam.predict(Xt[:0]).shape == (0,)
+
+
+def test_each_class_scores_its_best_representation_consolidated_or_not():
+    fam, Xt = trained(seed=8, classes=10)
+    consolidated = learner_from_state(fam.state_dict()).consolidate()
+    assert consolidated._quantized().one_each and not fam._quantized().one_each
+    for model in (fam, consolidated):
+        choices = model._choices(Xt)
+        expected = np.stack([choices[:, model.category_class_ == c].max(axis=1)
+                             for c in range(len(model.classes_))], axis=1)
+        np.testing.assert_array_equal(model._scores(Xt), expected)

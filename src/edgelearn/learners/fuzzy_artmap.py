@@ -59,6 +59,7 @@ class _Quantized(NamedTuple):
     sums: np.ndarray  # int32, their row sums
     norms: np.ndarray  # ``alpha + |w_j|`` of the float32 weights, as learning computes it
     scale: np.ndarray  # ``1 / (2 * LEVELS * norms)``: a uint8 overlap times this is the choice value
+    one_each: bool  # no class has more than one representation
 
 
 class FuzzyArtmap(Learner):
@@ -202,7 +203,8 @@ class FuzzyArtmap(Learner):
         if getattr(self, "_uint8", None) is None:  # replaced on change, never changed: snapshots may share it
             W = np.rint(self.weights_ * LEVELS).astype(np.uint8)
             norms = self._alpha + self.weights_.sum(axis=1)
-            self._uint8 = _Quantized(W, W.sum(axis=1, dtype=np.int32), norms, 1 / (2 * LEVELS * norms))
+            one_each = len(np.unique(self.category_class_)) == len(self.category_class_)
+            self._uint8 = _Quantized(W, W.sum(axis=1, dtype=np.int32), norms, 1 / (2 * LEVELS * norms), one_each)
         return self._uint8
 
     def _invalidate(self) -> None:
@@ -217,6 +219,9 @@ class FuzzyArtmap(Learner):
         """Per class, the best choice value ``T_j`` among its representations, ``(n, n_classes)``."""
         choices = self._choices(X)
         scores = np.zeros((len(X), len(self.classes_)))  # choices are >= 0: a class without boxes scores 0
+        if self._quantized().one_each:  # consolidated: a class's only representation is its score
+            scores[:, self.category_class_] = choices
+            return scores
         cells = self.category_class_ + scores.shape[1] * np.arange(len(X))[:, None]  # flat (row, class) per choice
         np.maximum.at(scores.reshape(-1), cells.ravel(), choices.ravel())
         return scores
