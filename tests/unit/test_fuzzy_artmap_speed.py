@@ -61,3 +61,32 @@ def test_the_uint8_form_follows_learning_merging_consolidation_and_loading():
     assert agrees(fam)
     loaded = learner_from_state(fam.state_dict())
     assert (loaded.predict(Xt) == fam.predict(Xt)).all() and agrees(loaded)
+
+
+def test_a_snapshot_is_made_with_the_uint8_form_of_its_own_weights():
+    fam, Xt = trained(seed=6, classes=12)
+    frozen = fam.snapshot()
+    assert frozen.__dict__.get("_uint8") is not None  # made at the snapshot, not on its first prediction
+    np.testing.assert_array_equal(frozen._uint8.weights, np.rint(frozen.weights_ * 255).astype(np.uint8))
+    before = frozen.predict(Xt)
+    fam.partial_fit(Xt[::2], np.arange(len(Xt))[::2] % 12)
+    assert (frozen.predict(Xt) == before).all() and frozen._uint8 is not fam._quantized()
+
+
+def test_one_row_at_a_time_scores_as_a_batch():
+    fam, Xt = trained(seed=7, classes=20)
+    batch = fam.predict_logits(Xt[:12])
+    np.testing.assert_array_equal(np.vstack([fam.predict_logits(row[None]) for row in Xt[:12]]), batch)
+    assert list(fam.predict(Xt[:12])) == [fam.predict(row[None])[0] for row in Xt[:12]]
+    assert fam.predict(Xt[:0]).shape == (0,)
+
+
+def test_each_class_scores_its_best_representation_consolidated_or_not():
+    fam, Xt = trained(seed=8, classes=10)
+    consolidated = learner_from_state(fam.state_dict()).consolidate()
+    assert consolidated._quantized().one_each and not fam._quantized().one_each
+    for model in (fam, consolidated):
+        choices = model._choices(Xt)
+        expected = np.stack([choices[:, model.category_class_ == c].max(axis=1)
+                             for c in range(len(model.classes_))], axis=1)
+        np.testing.assert_array_equal(model._scores(Xt), expected)

@@ -87,6 +87,20 @@ def test_the_covariance_inverse_is_accurate_without_scipy(shrinkage):
     np.testing.assert_allclose(P @ A, np.eye(150), atol=1e-5 * np.linalg.cond(A))
 
 
+@pytest.mark.parametrize("d", [65, 301])
+def test_the_block_inverse_matches_numpy_and_refuses_what_is_not_positive_definite(d):
+    rng = np.random.default_rng(8)
+    A = rng.normal(size=(2 * d, d))
+    A = A.T @ A / (2 * d) + 0.5 * np.eye(d)
+    P = slda_module.spd_inverse(A)
+    np.testing.assert_allclose(P, np.linalg.inv(A), atol=1e-10 * np.abs(P).max())
+    P32 = slda_module.spd_inverse(A.astype(np.float32))
+    assert P32.dtype == np.float32
+    np.testing.assert_allclose(P32, np.linalg.inv(A), atol=1e-4 * np.abs(P).max())
+    A[d - 1, d - 1] = -1.0  # the last Schur complement turns negative
+    assert slda_module.spd_inverse(A) is None
+
+
 def test_average_ranks_and_auroc_match_scipy():
     values = np.random.default_rng(7).integers(0, 6, 40).astype(float)  # many ties
     np.testing.assert_array_equal(average_ranks(values), rankdata(values))

@@ -218,7 +218,9 @@ class Learner:
         ``unknown_threshold`` (when that is set)."""
         if self.unknown_threshold is None:  # argmax needs no softmax
             best = self._logits(self._check_X(X)).argmax(axis=1)
-            return np.asarray(self.classes_, dtype=object)[best]
+            labels = np.empty(len(best), dtype=object)  # not the whole class list as an array: one row is common
+            labels[:] = [self.classes_[i] for i in best]
+            return labels
         proba = self.predict_proba(X)
         labels = np.asarray(self.classes_, dtype=object)[proba.argmax(axis=1)]
         labels[proba.max(axis=1) < self.unknown_threshold] = self.unknown_label

@@ -55,12 +55,11 @@ RESCORED = 16  # per input, the best representations by the uint8 form scored ag
 class _Quantized(NamedTuple):
     """The representations as predicting reads them, made once per change of the weights."""
 
-    weights: np.ndarray  # uint8, rounded ``weights_ * LEVELS``
-    sums: np.ndarray  # int64, their row sums
+    weights: np.ndarray  # uint8, rounded ``weights_ * LEVELS``, C-contiguous for OpenCV
+    sums: np.ndarray  # int32, their row sums
     norms: np.ndarray  # ``alpha + |w_j|`` of the float32 weights, as learning computes it
-    order: np.ndarray  # the representations sorted by class,
-    starts: np.ndarray  # where each class's run starts in that order
-    classes: np.ndarray  # and whose run it is
+    scale: np.ndarray  # ``1 / (2 * LEVELS * norms)``: a uint8 overlap times this is the choice value
+    one_each: bool  # no class has more than one representation
 
 
 class FuzzyArtmap(Learner):
@@ -122,8 +121,12 @@ class FuzzyArtmap(Learner):
             scale = np.maximum(np.abs(X).max(axis=1, keepdims=True), 1e-12)
         else:
             scale = self.feature_scale
-        A = np.clip(X / scale, 0.0, 1.0).astype(np.float32)
-        return np.concatenate([A, 1.0 - A], axis=1)
+        d = X.shape[1]
+        coded = np.empty((len(X), 2 * d), np.float32)  # filled in place: one row is the common case
+        A = X / scale
+        np.minimum(np.maximum(A, 0.0, out=A), 1.0, out=coded[:, :d])  # (np.clip costs more for one row)
+        np.subtract(np.float32(1), coded[:, :d], out=coded[:, d:])
+        return coded
 
     def _grow(self, before: int) -> None:
         if before == 0:
@@ -187,31 +190,40 @@ class FuzzyArtmap(Learner):
         if len(q.norms) <= RESCORED:  # all would be rescored: float32 alone
             return fuzzy_and_sums(self.weights_, I) / q.norms
         I8 = np.rint(I * LEVELS).astype(np.uint8)
-        overlap = I8.sum(axis=1, dtype=np.int64)[:, None] + q.sums - l1_distances(q.weights, I8)
-        choices = overlap / (2 * LEVELS) / q.norms
-        for i, best in enumerate(np.argpartition(-choices, RESCORED - 1, axis=1)[:, :RESCORED]):
-            choices[i, best] = np.minimum(self.weights_[best], I[i]).sum(axis=1) / q.norms[best]
+        overlap = l1_distances(q.weights, I8)
+        np.subtract(I8.sum(axis=1, dtype=np.int32)[:, None] + q.sums, overlap, out=overlap)  # 2 |I ^ w| * LEVELS
+        choices = overlap * q.scale
+        best = np.argpartition(choices, -RESCORED, axis=1)[:, -RESCORED:]
+        for i, rows in enumerate(best):
+            mine = self.weights_.take(rows, axis=0)
+            choices[i, rows] = np.minimum(mine, I[i], out=mine).sum(axis=1) / q.norms[rows]
         return choices
 
     def _quantized(self) -> _Quantized:
         if getattr(self, "_uint8", None) is None:  # replaced on change, never changed: snapshots may share it
             W = np.rint(self.weights_ * LEVELS).astype(np.uint8)
-            order = np.argsort(self.category_class_, kind="stable")
-            classes = self.category_class_[order]
-            starts = np.flatnonzero(np.r_[True, classes[1:] != classes[:-1]])
-            self._uint8 = _Quantized(W, W.sum(axis=1, dtype=np.int64), self._alpha + self.weights_.sum(axis=1),
-                                     order, starts, classes[starts])
+            norms = self._alpha + self.weights_.sum(axis=1)
+            one_each = len(np.unique(self.category_class_)) == len(self.category_class_)
+            self._uint8 = _Quantized(W, W.sum(axis=1, dtype=np.int32), norms, 1 / (2 * LEVELS * norms), one_each)
         return self._uint8
 
     def _invalidate(self) -> None:
         self._uint8 = None
 
+    def _frozen_state(self) -> dict:
+        """A snapshot predicts at once: the uint8 form is made now (shared until this learner changes)."""
+        return {**super()._frozen_state(), "_uint8": self._quantized()}
+
     # -- prediction ---------------------------------------------------------------------------------
     def _scores(self, X: np.ndarray) -> np.ndarray:
         """Per class, the best choice value ``T_j`` among its representations, ``(n, n_classes)``."""
-        q = self._quantized()
-        scores = np.zeros((len(X), len(self.classes_)))
-        scores[:, q.classes] = np.maximum.reduceat(self._choices(X)[:, q.order], q.starts, axis=1)
+        choices = self._choices(X)
+        scores = np.zeros((len(X), len(self.classes_)))  # choices are >= 0: a class without boxes scores 0
+        if self._quantized().one_each:  # consolidated: a class's only representation is its score
+            scores[:, self.category_class_] = choices
+            return scores
+        cells = self.category_class_ + scores.shape[1] * np.arange(len(X))[:, None]  # flat (row, class) per choice
+        np.maximum.at(scores.reshape(-1), cells.ravel(), choices.ravel())
         return scores
 
     def _logits(self, X: np.ndarray) -> np.ndarray:
@@ -323,14 +335,15 @@ def fuzzy_and_sums(W: np.ndarray, I: np.ndarray, block_bytes: int = 256 * 1024) 
 
 
 def l1_distances(W: np.ndarray, I: np.ndarray) -> np.ndarray:
-    """L1 distances between uint8 rows, ``(m, k), (n, k) -> (n, m)`` int64, by OpenCV's SIMD kernel
+    """L1 distances between uint8 rows, ``(m, k), (n, k) -> (n, m)`` int32, by OpenCV's SIMD kernel
     (imported here: only predicting needs it)."""
     import cv2
 
-    out = np.empty((len(I), len(W)), np.int64)
-    for i, x in enumerate(I if len(W) else []):  # each against all representations (K=1 nearest of one row)
-        out[i] = cv2.batchDistance(W, x[None], cv2.CV_32S, normType=cv2.NORM_L1, K=1)[0][:, 0]
-    return out
+    if len(W) == 0 or len(I) == 0:
+        return np.zeros((len(I), len(W)), np.int32)
+    rows = [cv2.batchDistance(W, x[None], cv2.CV_32S, normType=cv2.NORM_L1, K=1)[0]  # (m, 1): each row
+            for x in I]  # against all representations (OpenCV's Python API has only the K-nearest form)
+    return rows[0].T if len(rows) == 1 else np.hstack(rows).T.copy()
 
 
 def _fold(W: np.ndarray, n: np.ndarray, k: int, strategy: str) -> tuple[np.ndarray, np.ndarray]:

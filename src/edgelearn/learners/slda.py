@@ -352,7 +352,7 @@ class StreamingLDA(Learner):
 
 def solve_spd(A: np.ndarray, B: np.ndarray, max_steps: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """``(inv(A) @ B, inv(A))`` for a symmetric positive definite ``A`` (a shrunk covariance): the inverse
-    in float32 (a float32 Cholesky is 3x faster than float64 solving), then iterative refinement with
+    in float32 (:func:`spd_inverse`, several times faster than float64 solving), then iterative refinement with
     float64 residuals until the correction is below float32 resolution (two steps for the default
     shrinkage). Where float32 is not enough (little or no shrinkage) both are float64."""
     P = spd_inverse(A.astype(np.float32))
@@ -370,28 +370,33 @@ def solve_spd(A: np.ndarray, B: np.ndarray, max_steps: int = 4) -> tuple[np.ndar
 
 
 def spd_inverse(A: np.ndarray) -> np.ndarray | None:
-    """``inv(A)`` from its Cholesky factor ``L`` (``inv(A) = inv(L).T @ inv(L)``) in ``A``'s precision,
-    or None where ``A`` is not positive definite at that precision.
+    """``inv(A)`` in ``A``'s precision, or None where ``A`` is not positive definite at that precision.
 
     >>> spd_inverse(np.array([[4.0, 2.0], [2.0, 2.0]])).tolist()
     [[0.5, -0.5], [-0.5, 1.0]]
     """
     try:
-        inverse = lower_inverse(np.linalg.cholesky(A))
+        return _block_inverse(A)
     except np.linalg.LinAlgError:
         return None
-    return inverse.T @ inverse
 
 
-def lower_inverse(L: np.ndarray) -> np.ndarray:
-    """Inverse of a lower-triangular ``L`` by halves, in matrix products (numpy has no triangular inverse):
-    ``inv([[A, 0], [C, B]]) = [[inv(A), 0], [-inv(B) @ C @ inv(A), inv(B)]]``."""
-    d = len(L)
+def _block_inverse(A: np.ndarray) -> np.ndarray:
+    """Inverse of a symmetric positive definite ``A`` by halves and Schur complements, all in matrix products
+    (numpy has no LAPACK ``potri``; 2-2.5x faster at 1280 x 1280 float32 than a Cholesky factor's triangular
+    inverse and its product): ``S = A22 - A21 inv(A11) A12``, ``Y = inv(A11) A12``,
+    ``inv(A) = [[inv(A11) + Y inv(S) Y', -Y inv(S)], [-inv(S) Y', inv(S)]]``. Every Schur complement of a
+    positive definite matrix is one too: a Cholesky factor per smallest block detects when ``A`` is not."""
+    d = len(A)
     if d <= 64:
-        return np.linalg.inv(L)
+        inverse = np.linalg.inv(np.linalg.cholesky(A))  # raises LinAlgError where not positive definite
+        return inverse.T @ inverse
     h = d // 2
-    top, bottom = lower_inverse(L[:h, :h]), lower_inverse(L[h:, h:])
-    inverse = np.zeros_like(L)
-    inverse[:h, :h], inverse[h:, h:] = top, bottom
-    inverse[h:, :h] = -bottom @ L[h:, :h] @ top
+    top = _block_inverse(A[:h, :h])
+    Y = top @ A[:h, h:]
+    schur = _block_inverse(A[h:, h:] - A[h:, :h] @ Y)
+    Z = Y @ schur
+    inverse = np.empty_like(A)
+    inverse[:h, :h], inverse[:h, h:] = top + Z @ Y.T, -Z
+    inverse[h:, :h], inverse[h:, h:] = -Z.T, schur
     return inverse
