@@ -3,6 +3,10 @@ watcher, the webhook and `edgelearn watch`; every server is the test's own, on 1
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,9 +47,11 @@ class MjpegServer:
 
     def __init__(self, port: int = 0):
         stopping = self.stopping = threading.Event()
+        connections = self.connections = []
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
+                connections.append(self.path)
                 self.send_response(200)
                 self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
                 self.end_headers()
@@ -98,7 +104,7 @@ def test_a_dropped_stream_is_reopened_by_itself_and_frames_continue():
         camera = MjpegServer(camera.port)  # ... and comes back on the same address
         last_before = first[-1].frame_id
         wait_until(lambda: (frame := source.read(timeout=1)) is not None and frame.frame_id > last_before + 20)
-        assert not source.ended
+        assert camera.connections and not source.ended  # the source came back by itself
     finally:
         source.close()
         camera.stop()
@@ -299,18 +305,24 @@ def test_the_webhook_queue_drops_the_oldest_when_the_receiver_is_away():
         WebhookSink("ftp://example/x")
 
 
-def test_watch_end_to_end_on_a_video_file(tmp_path):
+@pytest.fixture
+def tiny_model(tmp_path):
     from edgelearn.recognizer import Recognizer
 
     rec = Recognizer.create("tiny", learner="ncm", weights="random", input_size=32)
     rec.learn([Image.new("RGB", (32, 32), c) for c in COLOURS.values()], list(COLOURS))
     rec.save(tmp_path / "m.edge")
+    return tmp_path / "m.edge"
+
+
+def test_watch_end_to_end_on_a_video_file(tmp_path, tiny_model):
     video = tmp_path / "line.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 32))
     for i in range(8):
         writer.write(np.full((32, 32, 3), COLOURS["red" if i < 4 else "blue"][::-1], np.uint8))  # BGR
     writer.release()
 
+    before = signal.getsignal(signal.SIGINT)
     result = CliRunner().invoke(app, ["watch", str(video), "--model", str(tmp_path / "m.edge"), "--weights",
                                       "random", "--every", "2", "--station", "line-1", "--json-lines", "--for", "60"])
 
@@ -318,6 +330,7 @@ def test_watch_end_to_end_on_a_video_file(tmp_path):
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [(d["frame_id"], d["label"]) for d in lines] == [(1, "red"), (3, "red"), (5, "blue"), (7, "blue")]
     assert lines[0]["station"] == "line-1" and lines[0]["source"] == str(video)
+    assert signal.getsignal(signal.SIGINT) is before  # Ctrl-C is the caller's again
     assert "frames read 8, decided 4, dropped 0" in result.output
 
 
@@ -325,3 +338,41 @@ def test_watch_says_what_is_wrong_in_one_line(tmp_path):
     result = CliRunner().invoke(app, ["watch", str(tmp_path / "none.avi"), "--model", str(tmp_path / "m.edge"),
                                       "--station", "a/b"])
     assert result.exit_code == 1 and "station name 'a/b'" in result.output
+
+
+def test_watch_without_the_plant_install_says_what_to_install(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setitem(sys.modules, "edgelearn.plant.mqtt", None)  # as if paho-mqtt's module were missing
+    result = CliRunner().invoke(app, ["watch", str(tmp_path), "--model", str(tiny_model), "--weights", "random",
+                                      "--mqtt", "mqtt://127.0.0.1:1883", "--for", "1"])
+    assert result.exit_code == 1 and "needs the plant install: pip install 'edgelearn[plant]'" in result.output
+
+
+def test_watch_stops_cleanly_on_sigterm_and_reports_its_frames(tmp_path, tiny_model):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen([sys.executable, "-m", "edgelearn", "watch", str(drop), "--model", str(tiny_model),
+                                "--weights", "random", "--station", "line-1"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    seen = threading.Event()
+
+    def drop_parts():  # files there before the start are not new: keep dropping until one is seen
+        for i in range(300):
+            if seen.wait(0.5):
+                return
+            Image.new("RGB", (32, 32), COLOURS["blue"]).save(drop / f"part{i}.png")
+
+    threading.Thread(target=drop_parts, daemon=True).start()
+    bound = threading.Timer(120, process.kill)  # a watcher that never answers fails the test, never hangs it
+    bound.start()
+    try:
+        first = process.stdout.readline()
+        seen.set()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        seen.set()
+        bound.cancel()
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert first.startswith("frame 1: blue") and "frames read" in stderr and "decided" in stderr

@@ -6,6 +6,7 @@ import re
 import signal
 import socket
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -71,7 +72,8 @@ def watch(
         for sink in sinks:
             if hasattr(sink, "on_trigger"):
                 sink.on_trigger(watcher.trigger)
-        watcher.run(stop_event(seconds))
+        with stop_event(seconds) as stop:
+            watcher.run(stop)
     finally:
         for sink in reversed(sinks):
             sink.close()
@@ -105,17 +107,23 @@ def station_name(name: str | None) -> str:
     return name
 
 
-def stop_event(seconds: float | None) -> threading.Event:
-    """Set by Ctrl-C, SIGTERM, or after ``seconds``."""
+@contextmanager
+def stop_event(seconds: float | None):
+    """An event set by Ctrl-C, SIGTERM, or after ``seconds``; the signals' own handlers come back after."""
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signum, lambda *_: stop.set())
-    if seconds is not None:
-        timer = threading.Timer(seconds, stop.set)
+    signals = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in signals}
+    timer = threading.Timer(seconds, stop.set) if seconds is not None else None
+    if timer:
         timer.daemon = True
         timer.start()
-    return stop
+    try:
+        yield stop
+    finally:
+        if timer:
+            timer.cancel()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def plant_module(name: str):
