@@ -16,9 +16,6 @@ from edgelearn.cli.options import Weights
 from edgelearn.cli.output import log
 from edgelearn.errors import EdgelearnError, ParameterError
 from edgelearn.plant import Decision
-from edgelearn.plant.sources import open_source
-from edgelearn.plant.watch import Watcher
-from edgelearn.plant.webhook import WebhookSink
 from edgelearn.recognizer import Recognizer
 
 STATION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # one MQTT topic level, an OPC UA name
@@ -56,6 +53,10 @@ def watch(
 ):
     """Decide on a fixed camera's frames without a browser and send each decision on (MQTT, OPC UA, a
     webhook, stdout). Ctrl-C or SIGTERM stops; frames read, decided and dropped are printed at the end."""
+    from edgelearn.plant.sources import open_source  # OpenCV: loaded for this command only
+    from edgelearn.plant.watch import Watcher
+    from edgelearn.plant.webhook import WebhookSink
+
     station = station_name(station)
     recognizer = Recognizer.load(model, weights=weights)
     sinks: list = [PrintSink(json_lines)]
