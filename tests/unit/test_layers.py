@@ -15,7 +15,7 @@ LAYERS = [
     {"__init__", "errors", "labels", "files", "lazy"},  # __init__ names its parts lazily, importing none
     {"learners", "data", "store", "runtime"},
     {"knowledge", "backbones"},
-    {"explain", "recognizer"},
+    {"explain", "recognizer", "plant"},
     {"evaluation"},
     {"training", "server"},
     {"inspection", "detection", "federation", "plant"},

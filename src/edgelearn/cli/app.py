@@ -7,7 +7,7 @@ option, a wrong choice, options that do not go together).
 
 import typer
 
-from edgelearn.cli import backbone, data, detect, evaluate, recognize, share, station, train
+from edgelearn.cli import backbone, data, detect, evaluate, plant, recognize, share, station, train
 from edgelearn.cli.output import user_errors
 
 app = typer.Typer(help="Image recognition that keeps learning on the edge.", no_args_is_help=True,
@@ -30,6 +30,7 @@ def _register(group: typer.Typer, *commands, **named) -> None:
 _register(app, recognize.learn, recognize.predict, evaluate.evaluate, evaluate.calibrate, recognize.consolidate,
           recognize.info, recognize.demo)
 _register(app, station.serve)
+_register(app, plant.watch)
 _register(app, share.merge, share.federate, share.federate_train)
 _register(app, train.train, train.distill, train.inspect, train.analyse)
 _register(app, data.representatives, data.frames, data.compress)
