@@ -18,7 +18,7 @@ LAYERS = [
     {"explain", "recognizer", "plant"},
     {"evaluation"},
     {"training", "server"},
-    {"inspection", "detection", "federation", "plant"},
+    {"inspection", "detection", "federation"},
     {"cli", "__main__"},
 ]
 

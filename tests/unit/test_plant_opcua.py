@@ -15,6 +15,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: E402
 from edgelearn.errors import EdgelearnError, ParameterError  # noqa: E402
 from edgelearn.plant.decision import Decision  # noqa: E402
 from edgelearn.plant.opcua import OpcUaServer  # noqa: E402
+from edgelearn.server import load_users
 
 TIMEOUT = 10  # seconds any one client step may take
 CLIENT_URI = "urn:edgelearn:test-client"
@@ -218,12 +219,10 @@ def test_anonymous_beyond_loopback_is_an_explicit_opt_in(tmp_path, client_certif
 
 
 def test_a_name_and_password_from_the_users_file_log_in(tmp_path, client_certificate):
-    port, server_dir, users = free_port(), tmp_path / "server", tmp_path / "users"
-    users.write_text("plc1 a-long-enough-secret-token\n")
-    users.chmod(0o644)
-    with pytest.raises(EdgelearnError, match="chmod 600"):
-        OpcUaServer(f"opc.tcp://127.0.0.1:{port}", "line1", certificate_dir=server_dir, users=users)
-    users.chmod(0o600)
+    port, server_dir, path = free_port(), tmp_path / "server", tmp_path / "users"
+    path.write_text("plc1 a-long-enough-secret-token\n")
+    path.chmod(0o600)
+    users = load_users(path)  # the API's users file: one list of people for every door
     with OpcUaServer(f"opc.tcp://127.0.0.1:{port}", "line1", certificate_dir=server_dir, users=users,
                      allow_anonymous=False):
         assert run(connect(port, server_dir, client_certificate, login=("plc1", "a-long-enough-secret-token"))) == ""

@@ -108,19 +108,18 @@ class OpcUaServer:
     certificate_dir : where the server's key and certificate are generated (kept while valid: a year) and
         ``trusted/`` user certificates are read; default ``<data folder>/opcua`` when security is on.
     allow_anonymous : default: True on loopback, False beyond it.
-    users : the station's ``--users`` file (``name token`` per line, mode 0600): each name logs in with its
-        token as password (sent encrypted). ``users``, ``certificate_dir`` or ``allow_anonymous=False``
-        turn security on for a loopback endpoint too.
+    users : name -> token, the station's ``--users`` file as :func:`edgelearn.server.load_users` reads it:
+        each name logs in with its token as password (sent encrypted). ``users``, ``certificate_dir`` or
+        ``allow_anonymous=False`` turn security on for a loopback endpoint too.
 
     Raises
     ------
     ParameterError : a bad endpoint, or its port in use.
-    EdgelearnError : a users file that others can read or that is malformed.
     """
 
     def __init__(self, endpoint: str, station: str, *, trigger: Callable[[], Decision] | None = None,
                  certificate_dir: Path | None = None, allow_anonymous: bool | None = None,
-                 users: Path | None = None):
+                 users: dict[str, str] | None = None):
         self.host, self.port = parse_endpoint(endpoint)
         try:
             import asyncua  # noqa: F401  (checked here so the error is one clear line, not a traceback)
@@ -131,7 +130,7 @@ class OpcUaServer:
                        or allow_anonymous is False)
         self.certificate_dir = Path(certificate_dir or default_data_dir() / "opcua") if self.secure else None
         self.allow_anonymous = is_loopback(self.host) if allow_anonymous is None else allow_anonymous
-        self._passwords = _load_passwords(users)
+        self._passwords = dict(users or {})
         self._counter = 0
         self._closed = False
         self._loop = asyncio.new_event_loop()
@@ -289,15 +288,6 @@ class OpcUaServer:
         self._thread.join(START_TIMEOUT)
         if not self._thread.is_alive():
             self._loop.close()
-
-
-def _load_passwords(users: Path | None) -> dict[str, str]:
-    """name -> password from the station's ``--users`` file (``name token`` lines, private to its owner)."""
-    if users is None:
-        return {}
-    from edgelearn.server.guard import load_users  # the API's own users file: one list of people, one format
-
-    return load_users(Path(users))
 
 
 def _initial(kind: str):
