@@ -347,3 +347,23 @@ def test_unknown_parts_and_the_labelling_queue(tmp_path):
         playwright.expect(page.locator("#decision")).to_contain_text("green")
         playwright.expect(page.locator("#status")).to_contain_text("3 classes")
         screenshot(page, tmp_path / "queue.png")
+
+
+def test_the_station_camera_is_a_source_its_frames_decided_and_corrected_on_the_page(tmp_path):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    with station_page(tmp_path, args=("--keep-images", "--camera", str(drop), "--station", "line-2")) as page:
+        page.server.teach("red", "blue")
+        page.click("#station-camera")  # offered because /api/camera answers
+        (drop / "part1.png").write_bytes(png("red", 90))  # files already there are not new: dropped after
+
+        playwright.expect(page.locator("#station-camera-state")).to_contain_text("sent to the line: frame 1",
+                                                                                  timeout=30_000)
+        playwright.expect(page.locator("#shot")).to_be_visible()
+        playwright.expect(page.locator("#result-label")).to_have_text(re.compile("red|blue"))
+        page.fill("#correct-label", "green")
+        page.click("#correct")
+
+        expect_message(page, r"learned: this is green", "result")
+        kinds = [e["kind"] for e in page.server.client.get("/api/events", headers=page.server.auth()).json()["events"]]
+        assert kinds[0] == "correct" and not [e for e in page.console_errors if "Content Security Policy" in e]

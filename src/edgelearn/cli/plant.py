@@ -6,6 +6,7 @@ import re
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -22,31 +23,43 @@ STATION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # one MQTT topic 
 PLANT_INSTALL = "needs the plant install: pip install 'edgelearn[plant]'"
 
 
+Source = Annotated[str, typer.Argument(help="A USB camera index (0), an rtsp:// or http:// (MJPEG) URL, a video "
+                                             "file, or a folder: image files written into it after the start.")]
+Every = Annotated[int, typer.Option(min=1, help="Decide on every N-th frame.")]
+MaxFps = Annotated[float | None, typer.Option(min=0.01, help="At most this many decisions per second.")]
+OnChange = Annotated[float | None, typer.Option(min=0, max=254, help="Decide only when the picture changed by more "
+                                                "than this many grey levels on average (0-255; a part arrived).")]
+StationName = Annotated[str | None, typer.Option("--station", help="This station's name in every decision and MQTT "
+                                                 "topic (default: the host name).")]
+Webhook = Annotated[str | None, typer.Option(help="POST each decision as JSON to this URL.")]
+Mqtt = Annotated[str | None, typer.Option(help="Publish to this broker (mqtt://host:1883, mqtts://...) on "
+                                          "edgelearn/STATION/result; a message on .../trigger decides now.")]
+MqttUser = Annotated[str | None, typer.Option(help="MQTT user name.")]
+MqttPasswordFile = Annotated[Path | None, typer.Option(help="File holding the MQTT password.")]
+MqttCa = Annotated[Path | None, typer.Option(help="CA certificate (PEM) the broker's TLS certificate is checked "
+                                             "against.")]
+MqttOutbox = Annotated[Path | None, typer.Option(help="Where results wait while the broker is away (default: "
+                                                 "~/.local/share/edgelearn/outbox/STATION).")]
+OpcUa = Annotated[str | None, typer.Option("--opcua", help="Serve the latest decision over OPC UA here "
+                                           "(opc.tcp://0.0.0.0:4840); its Trigger() method decides now.")]
+Loop = Annotated[bool, typer.Option("--loop", help="Start a video file again at its end.")]
+
 def watch(
-    source: Annotated[str, typer.Argument(help="A USB camera index (0), an rtsp:// or http:// (MJPEG) URL, a video "
-                                               "file, or a folder: image files written into it after the start.")],
+    source: Source,
     model: Annotated[Path, typer.Option(help="The saved model (.edge) that decides.")],
     weights: Weights = None,
-    every: Annotated[int, typer.Option(min=1, help="Decide on every N-th frame.")] = 1,
-    max_fps: Annotated[float | None, typer.Option(min=0.01, help="At most this many decisions per second.")] = None,
-    on_change: Annotated[float | None, typer.Option(min=0, max=254, help="Decide only when the picture changed by "
-                                                    "more than this many grey levels on average (0-255; a part "
-                                                    "arrived).")] = None,
-    station: Annotated[str | None, typer.Option(help="This station's name in every decision and MQTT topic "
-                                                "(default: the host name).")] = None,
-    webhook: Annotated[str | None, typer.Option(help="POST each decision as JSON to this URL.")] = None,
-    mqtt: Annotated[str | None, typer.Option(help="Publish to this broker (mqtt://host:1883, mqtts://...) on "
-                                             "edgelearn/STATION/result; a message on .../trigger decides now.")]
-    = None,
-    mqtt_user: Annotated[str | None, typer.Option(help="MQTT user name.")] = None,
-    mqtt_password_file: Annotated[Path | None, typer.Option(help="File holding the MQTT password.")] = None,
-    mqtt_ca: Annotated[Path | None, typer.Option(help="CA certificate (PEM) the broker's TLS certificate is checked "
-                                                 "against.")] = None,
-    mqtt_outbox: Annotated[Path | None, typer.Option(help="Where results wait while the broker is away (default: "
-                                                     "~/.local/share/edgelearn/outbox/STATION).")] = None,
-    opcua: Annotated[str | None, typer.Option(help="Serve the latest decision over OPC UA here "
-                                              "(opc.tcp://0.0.0.0:4840); its Trigger() method decides now.")] = None,
-    loop: Annotated[bool, typer.Option("--loop", help="Start a video file again at its end.")] = False,
+    every: Every = 1,
+    max_fps: MaxFps = None,
+    on_change: OnChange = None,
+    station: StationName = None,
+    webhook: Webhook = None,
+    mqtt: Mqtt = None,
+    mqtt_user: MqttUser = None,
+    mqtt_password_file: MqttPasswordFile = None,
+    mqtt_ca: MqttCa = None,
+    mqtt_outbox: MqttOutbox = None,
+    opcua: OpcUa = None,
+    loop: Loop = False,
     seconds: Annotated[float | None, typer.Option("--for", min=0, help="Stop after this many seconds.")] = None,
     json_lines: Annotated[bool, typer.Option("--json-lines", help="One JSON object per decision on stdout.")]
     = False,
@@ -55,31 +68,51 @@ def watch(
     webhook, stdout). Ctrl-C or SIGTERM stops; frames read, decided and dropped are printed at the end."""
     from edgelearn.plant.sources import open_source  # OpenCV: loaded for this command only
     from edgelearn.plant.watch import Watcher
-    from edgelearn.plant.webhook import WebhookSink
 
     station = station_name(station)
     recognizer = Recognizer.load(model, weights=weights)
     sinks: list = [PrintSink(json_lines)]
     watcher = None
     try:
+        sinks += build_outputs(station, lambda: watcher.trigger(), webhook=webhook, mqtt=mqtt, mqtt_user=mqtt_user,
+                               mqtt_password_file=mqtt_password_file, mqtt_ca=mqtt_ca, mqtt_outbox=mqtt_outbox,
+                               opcua=opcua)
+        watcher = Watcher(open_source(source, loop=loop), lambda image: recognizer.predict([image])[0].to_dict(),
+                          sinks, station=station, every=every, max_fps=max_fps, on_change=on_change)
+        with stop_event(seconds) as stop:
+            watcher.run(stop)
+    finally:
+        close_all(sinks)
+    stats = watcher.stats
+    log(f"frames read {stats['read']}, decided {stats['decided']}, dropped {stats['dropped']}")
+
+
+def build_outputs(station: str, trigger: Callable[[], Decision], *, webhook: str | None = None,
+                  mqtt: str | None = None, mqtt_user: str | None = None, mqtt_password_file: Path | None = None,
+                  mqtt_ca: Path | None = None, mqtt_outbox: Path | None = None, opcua: str | None = None,
+                  users: dict[str, str] | None = None) -> list:
+    """The sinks the output options ask for; MQTT's trigger topic and OPC UA's Trigger() call ``trigger``
+    (late: it may name a watcher made after the sinks). One that fails closes those made before it."""
+    from edgelearn.plant.webhook import WebhookSink
+
+    sinks: list = []
+    try:
         if webhook:
             sinks.append(WebhookSink(webhook))
         if mqtt:
             sinks.append(mqtt_sink(mqtt, station, mqtt_user, mqtt_password_file, mqtt_ca, mqtt_outbox))
+            sinks[-1].on_trigger(trigger)
         if opcua:
-            sinks.append(plant_module("opcua").OpcUaServer(opcua, station, trigger=lambda: watcher.trigger()))
-        watcher = Watcher(open_source(source, loop=loop), lambda image: recognizer.predict([image])[0].to_dict(),
-                          sinks, station=station, every=every, max_fps=max_fps, on_change=on_change)
-        for sink in sinks:
-            if hasattr(sink, "on_trigger"):
-                sink.on_trigger(watcher.trigger)
-        with stop_event(seconds) as stop:
-            watcher.run(stop)
-    finally:
-        for sink in reversed(sinks):
-            sink.close()
-    stats = watcher.stats
-    log(f"frames read {stats['read']}, decided {stats['decided']}, dropped {stats['dropped']}")
+            sinks.append(plant_module("opcua").OpcUaServer(opcua, station, trigger=trigger, users=users))
+    except BaseException:
+        close_all(sinks)
+        raise
+    return sinks
+
+
+def close_all(sinks: list) -> None:
+    for sink in reversed(sinks):
+        sink.close()
 
 
 class PrintSink:

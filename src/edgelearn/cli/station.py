@@ -6,10 +6,24 @@ from typing import Annotated
 
 import typer
 
-from edgelearn.cli.options import InputSize, Json, Learner, PrecisionOption, Runtime, Similarity, Weights
+from edgelearn.cli import plant
+from edgelearn.cli.options import (
+    InputSize,
+    Json,
+    Learner,
+    PrecisionOption,
+    Runtime,
+    Similarity,
+    Weights,
+    refuse_together,
+)
 from edgelearn.cli.output import emit, err, out
 from edgelearn.errors import EdgelearnError, ParameterError
 from edgelearn.knowledge import TrustStore
+
+# serve's options for a fixed camera (shared with `watch`): refused without --camera
+CAMERA_OPTIONS = ("every", "max_fps", "on_change", "station_name", "webhook", "mqtt", "mqtt_user",
+                  "mqtt_password_file", "mqtt_ca", "mqtt_outbox", "opcua", "loop")
 
 
 def serve(
@@ -63,8 +77,24 @@ def serve(
     users: Annotated[Path | None, typer.Option(help="File of 'name token' lines (private, tokens of 16+ "
                                                "characters): each writer's own token; events record its name, "
                                                "not X-User.")] = None,
+    camera: Annotated[str | None, typer.Option(help="A fixed camera the station decides on by itself, as `watch` "
+                                               "does (USB index, rtsp:// or http:// URL, video file, folder): the "
+                                               "page shows it, uncertain frames join the queue.")] = None,
+    every: plant.Every = 1,
+    max_fps: plant.MaxFps = None,
+    on_change: plant.OnChange = None,
+    station_name: plant.StationName = None,
+    webhook: plant.Webhook = None,
+    mqtt: plant.Mqtt = None,
+    mqtt_user: plant.MqttUser = None,
+    mqtt_password_file: plant.MqttPasswordFile = None,
+    mqtt_ca: plant.MqttCa = None,
+    mqtt_outbox: plant.MqttOutbox = None,
+    opcua: plant.OpcUa = None,
+    loop: plant.Loop = False,
 ):
-    """Start the station: web page with camera, explanations and corrections, REST API (docs at /docs)."""
+    """Start the station: web page with camera, explanations and corrections, REST API (docs at /docs); with
+    --camera it also decides on a fixed camera and sends each decision on (MQTT, OPC UA, a webhook)."""
     import uvicorn
 
     from edgelearn.files import private_folder
@@ -74,6 +104,8 @@ def serve(
     from edgelearn.server.limits import Limits
     from edgelearn.server.tls import fingerprint, self_signed
 
+    if camera is None:
+        refuse_together("serve without --camera", *CAMERA_OPTIONS)
     data = private_folder(data or default_data_dir())
     if (tls_cert is None) != (tls_key is None):
         raise ParameterError("--tls-cert and --tls-key go together")
@@ -89,6 +121,10 @@ def serve(
     reads_token = find_read_token(data, read_token)
     writers = load_users(users) if users else None
     reads_need_token = reads_token is not None or not is_loopback(host)
+    fixed = fixed_camera(camera, plant.station_name(station_name), writers, every=every, max_fps=max_fps,
+                         on_change=on_change, loop=loop, webhook=webhook, mqtt=mqtt, mqtt_user=mqtt_user,
+                         mqtt_password_file=mqtt_password_file, mqtt_ca=mqtt_ca, mqtt_outbox=mqtt_outbox,
+                         opcua=opcua) if camera else None
     station = Station(config)
     err.print(f"station store: {config.store_path} ({len(station.rec.classes)} classes, "
               f"version {station.store.active_version})")
@@ -111,9 +147,28 @@ def serve(
     limits = Limits(int(max_image_mpix * 1e6), int(max_request_mpix * 1e6), max_request_images, decode_slots)
     api = create_app(station, write_token, max_upload_bytes=max_upload_mb * 2**20, limits=limits,
                      read_token=reads_token, users=writers, reads_need_token=reads_need_token,
-                     allowed_hosts=served_names(host, allowed_host or []))
+                     allowed_hosts=served_names(host, allowed_host or []), camera=fixed)
     uvicorn.run(api, host=host, port=port, log_level="info", timeout_graceful_shutdown=10,
                 ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None)
+
+
+def fixed_camera(source: str, name: str, users: dict[str, str] | None, *, every: int, max_fps: float | None,
+                 on_change: float | None, loop: bool, **outputs):
+    """``serve --camera``: the source opened now (a wrong one fails before the station starts serving), the
+    output options' sinks, and the watcher the app starts with the station. OPC UA logs in ``users``."""
+    from edgelearn.plant.sources import open_source  # OpenCV: loaded for a camera only
+    from edgelearn.server.camera import Camera
+
+    camera = None
+    sinks = plant.build_outputs(name, lambda: camera.trigger(), users=users, **outputs)
+    try:
+        camera = Camera(open_source(source, loop=loop), sinks, station=name, every=every, max_fps=max_fps,
+                        on_change=on_change)
+    except BaseException:
+        plant.close_all(sinks)
+        raise
+    err.print(f"camera {camera.source}: decisions as station {name}")
+    return camera
 
 
 StoreData = Annotated[Path, typer.Argument(help="The station's folder (holds station.sqlite).")]

@@ -26,6 +26,7 @@ from edgelearn.errors import (
     NotFoundError,
     TooLargeError,
 )
+from edgelearn.server.camera import Camera
 from edgelearn.server.guard import Guard, Tokens, served_names
 from edgelearn.server.idempotency import IdempotencyKeys
 from edgelearn.server.limits import DecodeSlots, Limits
@@ -41,12 +42,14 @@ DESCRIPTION = ("Recognise, explain, and learn from corrections. Writes need the 
 
 def create_app(station: Station | StationConfig, token: str, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                limits: Limits | None = None, read_token: str | None = None, users: dict[str, str] | None = None,
-               reads_need_token: bool = False, allowed_hosts: set[str] | None = None) -> FastAPI:
+               reads_need_token: bool = False, allowed_hosts: set[str] | None = None,
+               camera: Camera | None = None) -> FastAPI:
     """The API over ``station`` (or over a Station that the app builds from a ``StationConfig`` when it
     starts); either way the station is closed when the app shuts down. Writes need ``token`` (or a
     ``users`` token: name -> token), reads need ``read_token`` or a write token if ``reads_need_token``;
     ``Host`` must be one of ``allowed_hosts`` (default: this machine's loopback names and hostname) or
-    an IP address; what one request may cost: ``limits``."""
+    an IP address; what one request may cost: ``limits``. A ``camera`` starts deciding through the station
+    when the app starts and stops, with its sinks, when it shuts down."""
     tokens = Tokens(token, read_token, users or {})
     limits = limits or Limits()
     app = FastAPI(title="edgelearn station", version=__version__, description=DESCRIPTION, lifespan=_lifespan,
@@ -58,6 +61,7 @@ def create_app(station: Station | StationConfig, token: str, *, max_upload_bytes
         app.state.station = station
     app.state.tokens, app.state.limits, app.state.max_upload_bytes = tokens, limits, max_upload_bytes
     app.state.decode_slot = DecodeSlots(limits.decode_slots)
+    app.state.camera = camera
 
     app.add_middleware(SizeLimit, max_bytes=max_upload_bytes)
     app.add_middleware(IdempotencyKeys)  # keeps answers in the station's store
@@ -74,7 +78,11 @@ def create_app(station: Station | StationConfig, token: str, *, max_upload_bytes
 async def _lifespan(app: FastAPI):
     if app.state.station_config is not None:
         app.state.station = Station(app.state.station_config)
+    if app.state.camera is not None:
+        app.state.camera.start(app.state.station)
     yield
+    if app.state.camera is not None:
+        app.state.camera.close()  # first: its last decision still needs the station
     app.state.station.close()  # graceful shutdown: uvicorn drained the requests; checkpoint the WAL
 
 

@@ -18,8 +18,8 @@ from edgelearn.errors import EdgelearnError
 MIN_TOKEN_CHARS = 16
 READ, WRITE = "read", "write"
 USER_LINE = re.compile(r"([^\s:]+)\s*(?::\s*|\s)(\S+)")  # name token | name: token
-# never public, whatever the bind address: who taught what, the images, the whole knowledge
-SENSITIVE_READS = re.compile(r"/api/(events|knowledge|thumbnails/[^/]+|queue/[^/]+/image)")
+# never public, whatever the bind address: who taught what, the images (the fixed camera's too), the whole knowledge
+SENSITIVE_READS = re.compile(r"/api/(events|knowledge|thumbnails/[^/]+|queue/[^/]+/image|camera/frame)")
 PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob: mediastream:; "
             "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 # FastAPI's /docs and /redoc load Swagger UI / ReDoc from a CDN with an inline start-up script

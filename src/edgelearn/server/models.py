@@ -191,3 +191,32 @@ class UndoAnswer(ClassChangeAnswer):
 
 class TokenAnswer(Answer):
     access: str  # write, read or none
+
+
+# -- camera -------------------------------------------------------------------------------------------
+class DecisionAnswer(Answer):
+    """One decision on one frame, as MQTT, OPC UA and webhooks send it."""
+
+    station: str
+    source: str
+    frame_id: int
+    timestamp: float  # capture time, Unix seconds
+    label: str | None  # null: unknown; top_k then starts with the closest class
+    confidence: float
+    unknown: bool
+    top_k: list[Alternative]
+    model_version: int | None
+    decided_at: float
+
+
+class CameraStats(Answer):
+    read: int
+    decided: int
+    dropped: int  # frames the camera sent faster than they could be read
+
+
+class CameraAnswer(Answer):
+    source: str  # never with a stream's password
+    stats: CameraStats
+    frame_id: int | None  # the latest frame (GET /api/camera/frame); null before the first
+    decision: DecisionAnswer | None  # the latest decision; null before the first

@@ -14,6 +14,8 @@ let calibration = null;    // /api/status `calibration`
 let classInfo = [];        // /api/classes, biggest first (the queue's number keys)
 let liveTimer = null;
 let busy = false;
+let source = "browser";    // what "live" shows: the browser's camera, or the station's own ("station")
+let stationFrameId = null; // the station camera's frame on screen
 
 // The token lives only as long as this tab (sessionStorage); older pages kept it in localStorage: drop it.
 localStorage.removeItem("edgelearn-token");
@@ -220,6 +222,7 @@ function loadImage(img, path) {
 }
 
 function showImage(blob) {
+  if ($("shot").src.startsWith("blob:")) URL.revokeObjectURL($("shot").src);  // a live camera shows many
   $("shot").src = URL.createObjectURL(blob);
   $("shot").hidden = false;
 }
@@ -238,6 +241,8 @@ $("camera-start").addEventListener("click", async () => {
     $("camera").srcObject = stream;
     $("camera").hidden = false;
     $("shot").hidden = true;
+    $("station-camera-state").hidden = true;
+    source = "browser";
     $("live").disabled = false;
     $("live").checked = true;
     startLive();
@@ -257,11 +262,53 @@ function grab() {
 function startLive() {
   clearInterval(liveTimer);
   liveTimer = setInterval(async () => {
-    if (!$("live").checked || busy || pending || !$("camera").videoWidth) return;
+    if (!$("live").checked || busy || pending) return;
+    if (source === "browser" && !$("camera").videoWidth) return;
     busy = true;
-    try { await predict(await grab()); } catch (err) { say(err.message, true, $("camera-start")); }
-    finally { busy = false; }
+    const near = source === "station" ? $("station-camera") : $("camera-start");
+    try {
+      if (source === "browser") await predict(await grab());
+      else await showStationFrame();
+    } catch (err) { say(err.message, true, near); } finally { busy = false; }
   }, 500);
+}
+
+// The station's own camera (serve --camera): its decisions go to the line; here each new frame is shown and
+// predicted like a photo (not queued again: the station queued it), so Right, Correct it and teach work on it.
+$("station-camera").addEventListener("click", () => {
+  const stream = $("camera").srcObject;
+  stream?.getTracks().forEach((track) => track.stop());
+  $("camera").srcObject = null;
+  $("camera").hidden = true;
+  source = "station";
+  stationFrameId = null;
+  $("station-camera-state").hidden = false;
+  $("live").disabled = false;
+  $("live").checked = true;
+  startLive();
+});
+
+async function showStationFrame() {
+  const state = await api("/api/camera");
+  const d = state.decision;
+  const line = d ? `frame ${d.frame_id}: ${d.label ?? "unknown"} ${pct(d.confidence)}` : "no decision yet";
+  const s = state.stats;
+  $("station-camera-state").textContent = `${state.source} · sent to the line: ${line} · frames read ${s.read}, ` +
+    `decided ${s.decided}, dropped ${s.dropped}`;
+  if (state.frame_id === null || state.frame_id === stationFrameId) return;
+  const response = await fetch("/api/camera/frame", { headers: authorised() });
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    throw new ApiError(plainWords(body.detail || response.statusText, response.status), response.status, body);
+  }
+  const blob = await response.blob();
+  stationFrameId = Number(response.headers.get("X-Frame-Id"));
+  showImage(blob);
+  await predict(blob, { enqueue: false });
+}
+
+async function offerStationCamera() {  // a station started with --camera: offer it as a source
+  try { await api("/api/camera"); $("station-camera").hidden = false; } catch { $("station-camera").hidden = true; }
 }
 $("live").addEventListener("change", () => { if ($("live").checked) startLive(); });
 
@@ -601,6 +648,7 @@ async function refresh() {
   $("versions").tBodies[0].replaceChildren(...versions.versions.map((v) => versionRow(v, versions.active)));
   showClasses(await classList(status));
   await refreshQueue();
+  await offerStationCamera();
 }
 
 if ($("token").value) checkToken(); else refresh().catch((err) => say(err.message, true));
