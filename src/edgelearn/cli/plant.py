@@ -42,7 +42,8 @@ MqttOutbox = Annotated[Path | None, typer.Option(help="Where results wait while 
                                                  "~/.local/share/edgelearn/outbox/STATION).")]
 OpcUa = Annotated[str | None, typer.Option("--opcua", help="Serve the latest decision over OPC UA here "
                                            "(opc.tcp://0.0.0.0:4840); its Trigger() method decides now.")]
-Loop = Annotated[bool, typer.Option("--loop", help="Start a video file again at its end.")]
+Loop = Annotated[bool, typer.Option("--loop", help="Play a video file as a camera would: at its recorded frame rate, "
+                                                     "again from the start at its end.")]
 
 def watch(
     source: Source,

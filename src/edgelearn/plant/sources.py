@@ -117,8 +117,9 @@ class CaptureSource(FrameSource):
     def __init__(self, target: int | str, name: str, *, loop: bool = False, **kwargs):
         super().__init__(name, **kwargs)
         self.target = target
-        self.live = not isinstance(target, str) or "://" in target
+        self.file = isinstance(target, str) and "://" not in target
         self.loop = loop
+        self.live = not self.file or loop  # a looping file stands in for a camera: its frame rate, drops and all
 
     def _open(self) -> cv2.VideoCapture:
         if isinstance(self.target, int):
@@ -130,7 +131,7 @@ class CaptureSource(FrameSource):
         backoff = BACKOFF_FIRST
         while not self._stop.is_set():
             got_any = self._read_until_it_ends(self._open())
-            if not self.live:
+            if self.file:
                 if not got_any:
                     raise ImageError(f"{self.name}: not a video file we can read")
                 if not self.loop:
@@ -143,6 +144,8 @@ class CaptureSource(FrameSource):
     def _read_until_it_ends(self, capture: cv2.VideoCapture) -> bool:
         """Queue frames until the capture fails or ends; whether any frame came."""
         got_any = False
+        period = 1 / (capture.get(cv2.CAP_PROP_FPS) or 25) if self.file and self.loop else 0
+        due = time.monotonic()
         try:
             while not self._stop.is_set():
                 ok, bgr = capture.read()
@@ -150,6 +153,8 @@ class CaptureSource(FrameSource):
                     return got_any
                 got_any = True
                 self._put(Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+                due += period
+                self._stop.wait(max(0.0, due - time.monotonic()))  # a looping file plays at its recorded rate
         finally:
             capture.release()
         return got_any
@@ -211,7 +216,8 @@ class FolderSource(FrameSource):
 def open_source(spec: str, *, loop: bool = False, queue_size: int = 2, max_pixels: int = MAX_PIXELS
                 ) -> FrameSource:
     """Start reading ``spec``: a USB camera index ("0"), an rtsp:// or http(s):// URL, a video file, or a
-    folder watched for new image files. ``loop``: start a video file again at its end."""
+    folder watched for new image files. ``loop``: play a video file as a camera would (at its recorded frame
+    rate, dropping frames the model cannot keep up with) and start it again at its end."""
     options = {"queue_size": queue_size, "max_pixels": max_pixels}
     if spec.isdigit():
         return CaptureSource(int(spec), f"camera {spec}", **options).start()
