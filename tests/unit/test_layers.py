@@ -12,7 +12,7 @@ import edgelearn
 ROOT = Path(edgelearn.__file__).parent
 # bottom to top; a part may import its own layer's parts and any below
 LAYERS = [
-    {"__init__", "errors", "labels", "files", "lazy"},  # __init__ names its parts lazily, importing none
+    {"__init__", "errors", "labels", "files", "lazy", "resources"},  # __init__ names its parts lazily, importing none
     {"learners", "data", "store", "runtime"},
     {"knowledge", "backbones"},
     {"explain", "recognizer", "plant"},

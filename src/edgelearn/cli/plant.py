@@ -69,6 +69,7 @@ def watch(
     webhook, stdout). Ctrl-C or SIGTERM stops; frames read, decided and dropped are printed at the end."""
     from edgelearn.plant.sources import open_source  # OpenCV: loaded for this command only
     from edgelearn.plant.watch import Watcher
+    from edgelearn.resources import one_blas_thread
 
     station = station_name(station)
     recognizer = Recognizer.load(model, weights=weights)
@@ -80,7 +81,7 @@ def watch(
                                opcua=opcua)
         watcher = Watcher(open_source(source, loop=loop), lambda image: recognizer.predict([image])[0].to_dict(),
                           sinks, station=station, every=every, max_fps=max_fps, on_change=on_change)
-        with stop_event(seconds) as stop:
+        with stop_event(seconds) as stop, one_blas_thread():
             watcher.run(stop)
     finally:
         close_all(sinks)

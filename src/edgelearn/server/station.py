@@ -7,7 +7,6 @@ The learner is never saved by itself: on start it is rebuilt as ``active version
 """
 
 import base64
-import ctypes
 import hashlib
 import io
 import itertools
@@ -18,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from threadpoolctl import ThreadpoolController
 
 from edgelearn.backbones import build_backbone, default_weights
 from edgelearn.data.images import to_rgb
@@ -28,6 +26,7 @@ from edgelearn.files import DATA_ENV, default_data_dir  # noqa: F401 (DATA_ENV: 
 from edgelearn.knowledge import ImportPolicy, TrustStore, merge_packages, parse_package, provenance
 from edgelearn.labels import check_label, label_key
 from edgelearn.recognizer import Recognizer
+from edgelearn.resources import one_blas_thread, return_freed_memory
 from edgelearn.server.batching import Batcher
 from edgelearn.store import Store
 
@@ -35,24 +34,6 @@ THUMBNAIL_SIDE = 160
 CLASS_THUMBNAILS = 4  # per class card
 FEW_EXAMPLES = 5  # a class with fewer gets a hint to teach more
 REPLAYS = ("checkpoint", "undo")  # versions that are exactly their parent + its events (undo looks through them)
-def return_freed_memory() -> None:
-    """Hand freed heap memory back to the system (glibc keeps it otherwise). Teaching runs larger batches
-    through the backbone than predictions do: without this the station held 120 MB more for good after its
-    first teaching (MobileNetV2 at 224 px, measured with malloc_trim: 294 -> 173 MB)."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _glibc():
-    """The process's C library if it has glibc's ``malloc_trim`` (Linux), else None."""
-    try:
-        libc = ctypes.CDLL(None)
-    except OSError:
-        return None
-    return libc if hasattr(libc, "malloc_trim") else None
-
-
-_LIBC = _glibc()
 
 
 @dataclass
@@ -90,9 +71,7 @@ class Station:
                            keep_resolved=config.keep_resolved)
         self._lock = threading.RLock()  # guards self.rec's learner and the order of store writes
         self._view: Recognizer  # what predictions read: a frozen snapshot of self.rec (see _publish)
-        # one thread budget: ONNX Runtime gets the cores, numpy's BLAS one thread. OpenBLAS spreading SLDA's
-        # solve over cores the backbone is using made it 5x slower (660 vs 100 ms, loaded 2-core machine)
-        self._blas = ThreadpoolController().limit(limits=1, user_api="blas")
+        self._blas = one_blas_thread()  # ONNX Runtime gets the cores (see edgelearn.resources)
         try:
             self.rec = self._open()
         except BaseException:
