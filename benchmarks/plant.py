@@ -158,7 +158,7 @@ def percentiles_ms(values: list[float]) -> dict:
 def steady(watch: Watch, camera: Camera, listener: Listener, labels: list[str], minutes: float) -> dict:
     """Latency at 5 frames/s and memory each minute, over ``minutes``."""
     memory = [rss_mb(watch.process.pid)]
-    start = time.time()
+    cpu_before, start = cpu_seconds(watch.process.pid), time.time()
     for minute in range(1, int(minutes) + 1):
         time.sleep(max(0.0, start + 60 * minute - time.time()))
         memory.append(rss_mb(watch.process.pid))
@@ -167,6 +167,7 @@ def steady(watch: Watch, camera: Camera, listener: Listener, labels: list[str], 
         memory.append(rss_mb(watch.process.pid))
     time.sleep(2)  # the last messages in flight
     end = time.time()
+    cpu_share = (cpu_seconds(watch.process.pid) - cpu_before) / (end - start)
     received = {frame_id: at for at, frame_id in listener.received}  # first receipt of each
     decided = [d for at, d in watch.decisions if start <= at <= end]
     latencies, agree = [], 0
@@ -180,7 +181,14 @@ def steady(watch: Watch, camera: Camera, listener: Listener, labels: list[str], 
     return {"seconds": round(end - start, 1), "decided": len(decided), "latency_ms": percentiles_ms(latencies),
             "frames_not_decided": ids[-1] - ids[0] + 1 - len(ids) if ids else None,
             "label_matches_sent_class_pct": round(100 * agree / max(1, len(latencies)), 1),
-            "memory": memory, "memory_growth_pct": round(100 * (rss[-1] - rss[0]) / rss[0], 2)}
+            "memory": memory, "memory_growth_pct": round(100 * (rss[-1] - rss[0]) / rss[0], 2),
+            "cpu_pct_of_one_core": round(100 * cpu_share, 1)}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def outage(watch: Watch, broker: Broker, listener: Listener, seconds: float) -> dict:
@@ -352,6 +360,7 @@ def report(runs: list[dict], config: dict, env: dict) -> str:
         lambda r: f"{r['steady']['memory'][0]['rss_mb']} -> {r['steady']['memory'][-1]['rss_mb']}")
     row(f"  frames not decided at {RATE:g} frames/s", lambda r: r["steady"]["frames_not_decided"], "0")
     row("memory growth %", lambda r: r["steady"]["memory_growth_pct"], f"<= {TARGETS['memory_growth_pct']} %")
+    row(f"CPU of the watch process at {RATE:g} frames/s (% of one core)", lambda r: r["steady"]["cpu_pct_of_one_core"])
     row(f"broker outage {config['outage']:g} s: results made during / after the restart",
         lambda r: f"{r['outage']['produced_during']} / {r['outage']['produced_after_restart']}")
     row("  received afterwards (lost), in order", lambda r: f"{r['outage']['received']} ({r['outage']['lost']}), "
