@@ -331,3 +331,18 @@ def test_drawings_of_inputs_that_share_a_name_do_not_overwrite_each_other(overfi
     assert drawings[3].name == "y.png"  # a name of its own keeps it
     again = detect_paths(runner, list(reversed(inputs)), threshold=0.2, output=tmp_path / "out")
     assert [Path(r["drawing"]) for r in again] == list(reversed(drawings))  # the same names in every run
+
+
+def test_labels_on_a_large_picture_are_readable_and_the_picture_is_left_alone():
+    from PIL import ImageDraw
+
+    from edgelearn.detection.infer import Found, draw, label_font
+
+    picture = Image.new("RGB", (3000, 2000), "gray")
+    drawn = np.asarray(draw(picture, [Found("scratches", 0.93, (1000.0, 800.0, 1600.0, 1200.0))]))
+    left, top, right, bottom = ImageDraw.Draw(picture).textbbox((0, 0), "scratches 0.93", font=label_font((3000, 2000)))
+    assert bottom - top >= 0.015 * 2000  # 1.5 % of the shorter side: about 30 px
+    label = (drawn[:800, 998] == (255, 0, 0)).all(axis=1)  # the label's background, left of its text, above the box
+    assert label.sum() >= bottom - top
+    assert (drawn[1000, 1000:1003] == (255, 0, 0)).all()  # the box's edge is more than a hairline
+    assert np.asarray(picture).max() == 128  # drawn on a copy

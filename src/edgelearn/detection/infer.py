@@ -6,6 +6,7 @@ the detector's manifest in its metadata; decoding (anchors, non-maximum suppress
 torchvision on both runtimes, so both give the same boxes.
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -16,9 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from torchvision.transforms.v2 import functional as F
-from torchvision.utils import draw_bounding_boxes
+from PIL import Image, ImageDraw, ImageFont
 
 from edgelearn.backbones.preprocessing import unit_square
 from edgelearn.data.frames import VIDEO_SUFFIXES, read_frames
@@ -96,13 +95,26 @@ class DetectorRunner:
 
 
 def draw(picture: Image.Image, objects: list[Found]) -> Image.Image:
-    """The picture with each object's box and 'class score' label."""
-    image = F.pil_to_tensor(picture.convert("RGB"))
-    if not objects:
-        return picture.convert("RGB")
-    boxes = torch.tensor([o.box for o in objects])
-    drawn = draw_bounding_boxes(image, boxes, [f"{o.name} {o.score:.2f}" for o in objects], colors="red", width=2)
-    return F.to_pil_image(drawn)
+    """The picture with each object's box and 'class score' label, both sized to the picture so they
+    stay readable on a 4000-pixel camera frame and do not swamp a 200-pixel crop."""
+    drawn = picture.convert("RGB")  # a copy: the caller's picture stays as it was
+    pen = ImageDraw.Draw(drawn)
+    font, width = label_font(drawn.size), max(2, round(min(drawn.size) / 500))
+    for o in objects:
+        pen.rectangle(o.box, outline="red", width=width)
+        text, corner = f"{o.name} {o.score:.2f}", (o.box[0], o.box[1])
+        # above the box's top-left corner, or inside the box where it touches the picture's top
+        anchor = "lb" if pen.textbbox(corner, text, font=font, anchor="lb")[1] >= 0 else "lt"
+        left, top, right, bottom = pen.textbbox(corner, text, font=font, anchor=anchor)
+        pen.rectangle((left - width, top - width, right + width, bottom + width), fill="red")
+        pen.text(corner, text, font=font, fill="white", anchor=anchor)
+    return drawn
+
+
+@functools.lru_cache(maxsize=8)
+def label_font(size: tuple[int, int]) -> ImageFont.FreeTypeFont:
+    """Pillow's own scalable font at 2.5 % of the picture's shorter side (at least 11 px)."""
+    return ImageFont.load_default(size=max(11, round(0.025 * min(size))))
 
 
 def detect_paths(runner: DetectorRunner, paths: list[Path], *, threshold: float = 0.5,
