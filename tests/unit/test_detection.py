@@ -346,3 +346,63 @@ def test_labels_on_a_large_picture_are_readable_and_the_picture_is_left_alone():
     assert label.sum() >= bottom - top
     assert (drawn[1000, 1000:1003] == (255, 0, 0)).all()  # the box's edge is more than a hairline
     assert np.asarray(picture).max() == 128  # drawn on a copy
+
+
+def boxes_at(*corners: int) -> torch.Tensor:
+    """20-pixel squares whose top-left corners are (c, c)."""
+    return torch.tensor([[c, c, c + 20, c + 20] for c in corners], dtype=torch.float32).reshape(-1, 4)
+
+
+def test_each_class_threshold_is_the_score_with_the_best_f1():
+    from edgelearn.detection.thresholds import DEFAULT_THRESHOLD, per_class
+
+    truth = [{"boxes": boxes_at(0), "labels": torch.tensor([1])} for _ in range(3)]
+    # class 1, by score: hit, miss (elsewhere), hit, hit, and a second box on a found square (a false alarm);
+    # class 2 has no true box, and its detection on a class-1 square is no hit for class 1
+    found = [{"boxes": boxes_at(0, 50, 1), "scores": torch.tensor([0.9, 0.8, 0.3]), "labels": torch.tensor([1, 1, 1])},
+             {"boxes": boxes_at(0, 0), "scores": torch.tensor([0.7, 0.95]), "labels": torch.tensor([1, 2])},
+             {"boxes": boxes_at(1), "scores": torch.tensor([0.6]), "labels": torch.tensor([1])}]
+    chosen = per_class(found, truth, ["scratch", "pit"])
+    # thresholds 0.9 / 0.8 / 0.7 / 0.6 / 0.3: F1 0.5, 0.4, 0.67, 0.86 (3 of 4 right, all 3 found), 0.75
+    assert chosen["scratch"] == {"threshold": 0.6000000238418579, "precision": 0.75, "recall": 1.0, "f1": 0.8571}
+    assert chosen["pit"]["threshold"] == DEFAULT_THRESHOLD  # nothing to judge it by
+    at = per_class(found, truth, ["scratch", "pit"], {"scratch": 0.75})
+    assert at["scratch"] == {"threshold": 0.75, "precision": 0.5, "recall": 0.3333, "f1": 0.4}
+    assert at["pit"] == {"threshold": DEFAULT_THRESHOLD, "precision": 0.0, "recall": 0.0, "f1": 0.0}
+
+
+def test_a_detector_file_keeps_its_thresholds_and_refuses_broken_ones(tmp_path):
+    det = tiny(["square", "bar"])
+    det.save(tmp_path / "plain.safetensors")
+    assert load_detector(tmp_path / "plain.safetensors").thresholds == {}  # files from before thresholds load
+    det.thresholds = {"square": 0.42, "bar": 0.07}
+    det.save(tmp_path / "d.safetensors")
+    assert load_detector(tmp_path / "d.safetensors").thresholds == {"square": 0.42, "bar": 0.07}
+    assert load_detector(tmp_path / "d.safetensors").extended(["round"]).thresholds == det.thresholds
+    det.thresholds = {"square": "high"}
+    det.save(tmp_path / "bad.safetensors")
+    with pytest.raises(EdgelearnError, match="bad.safetensors: damaged detector file"):
+        load_detector(tmp_path / "bad.safetensors")
+
+
+def test_training_chooses_thresholds_that_detect_and_evaluate_use(overfitted, tmp_path):
+    from edgelearn.detection.infer import DetectorRunner
+
+    root, model, result = overfitted
+    chosen = load_detector(model).thresholds
+    assert set(result["thresholds"]) == {"bar", "square"}
+    assert chosen == {name: c["threshold"] for name, c in result["thresholds"].items()}
+    det = load_detector(model)
+    det.thresholds = {"bar": 0.0, "square": 0.9}
+    det.save(tmp_path / "t.safetensors")
+    picture = root / "images" / "p0.png"
+    everything = DetectorRunner(model).detect([Image.open(picture)], 0.0)[0]
+    assert any(o.name == "bar" and o.score < 0.5 for o in everything)  # what a single 0.5 would hide
+    out = CliRunner().invoke(app, ["detect", str(tmp_path / "t.safetensors"), str(picture), "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["detections"][0]["objects"] == [
+        o.as_dict() for o in everything if o.score >= det.thresholds[o.name]]
+    report = CliRunner().invoke(app, ["detector", "evaluate", str(tmp_path / "t.safetensors"), str(root), "--json"])
+    at = json.loads(report.stdout)["at_threshold"]
+    assert at["bar"]["threshold"] == 0.0 and at["square"]["threshold"] == 0.9
+    assert at["bar"]["recall"] >= at["square"]["recall"] and at["bar"]["precision"] < 1

@@ -35,7 +35,8 @@ def detector_train(
     as_json: Json = False,
 ):
     """Train a detector's neck and head on a frozen ImageNet MobileNetV2; the best epoch by validation
-    loss is kept. With --from, classes the detector does not know are added to it."""
+    loss is kept, with each class's score threshold (best F1 on the validation pictures) that `detect`
+    uses by default. With --from, classes the detector does not know are added to it."""
     from edgelearn.detection.train import train_detector
 
     result = train_detector(dataset, output, arch=arch.value, size=size, weights=default_weights(weights),
@@ -55,14 +56,17 @@ def detector_evaluate(
     dataset: Annotated[Path, typer.Argument(help="Pascal VOC folder to evaluate on.")],
     as_json: Json = False,
 ):
-    """mAP@0.5, COCO's mAP@[.5:.95] and each class's AP@0.5."""
+    """mAP@0.5, COCO's mAP@[.5:.95], each class's AP@0.5, and its precision and recall at the score
+    threshold `detect` uses by default (chosen in training on the validation pictures: best F1)."""
     from edgelearn.detection import load_detector
     from edgelearn.detection.evaluate import evaluate as evaluate_detector
 
     result = evaluate_detector(load_detector(model), dataset, progress=err.is_terminal)
-    table = Table("class", "AP@0.5")
-    for name, ap in result["ap_50"].items():
-        table.add_row(name, f"{ap:.1%}")
+    table = Table("class", "AP@0.5", "threshold", "precision", "recall")
+    for name, at in result["at_threshold"].items():
+        ap = result["ap_50"].get(name)
+        table.add_row(name, "-" if ap is None else f"{ap:.1%}", f"{at['threshold']:.2f}", f"{at['precision']:.1%}",
+                      f"{at['recall']:.1%}")
     table.caption = f"{result['images']} images: mAP@0.5 {result['map_50']:.1%}, mAP@[.5:.95] {result['map']:.1%}"
     emit(result, as_json, table)
 
@@ -87,7 +91,9 @@ def detector_export(
 def detect(
     model: Annotated[Path, typer.Argument(help="A detector: .safetensors (PyTorch) or .onnx (ONNX Runtime).")],
     inputs: Annotated[list[Path], typer.Argument(help="Pictures, folders of pictures or videos.")],
-    threshold: Annotated[float, typer.Option(min=0, max=1, help="Lowest score shown.")] = 0.5,
+    threshold: Annotated[float | None, typer.Option(min=0, max=1, help="Lowest score shown (default: each class's "
+                                                                       "threshold chosen in training, else 0.5).")]
+    = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Folder for the pictures (and videos) "
                                                                        "with boxes drawn.")] = None,
     every: Annotated[int, typer.Option(min=1, help="Videos: every n-th frame.")] = 1,

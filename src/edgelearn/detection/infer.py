@@ -22,7 +22,8 @@ from PIL import Image, ImageDraw, ImageFont
 from edgelearn.backbones.preprocessing import unit_square
 from edgelearn.data.frames import VIDEO_SUFFIXES, read_frames
 from edgelearn.data.images import IMAGE_SUFFIXES, load_image
-from edgelearn.detection.models import Detector, _trunk, load_detector
+from edgelearn.detection.models import Detector, _trunk, load_detector, read_thresholds
+from edgelearn.detection.thresholds import DEFAULT_THRESHOLD
 from edgelearn.errors import EdgelearnError, ModelFileError
 from edgelearn.files import atomic_write_bytes
 from edgelearn.runtime import Runtime, load_runner
@@ -56,6 +57,7 @@ class DetectorRunner:
             meta = {k: manifest[k] for k in ("padding", "mean", "std") if k in manifest}
             # decoding needs only anchors and box coder: a detector skeleton with an untrained trunk
             self.detector = Detector(manifest["arch"], manifest["classes"], manifest["size"], _trunk(meta)[0], meta)
+            self.detector.thresholds = read_thresholds(manifest, path)
         else:
             self.detector = load_detector(path)
         self.detector.eval()
@@ -86,11 +88,14 @@ class DetectorRunner:
         to_input = unit_square(self.size)
         return torch.stack([to_input(p.convert("RGB")) for p in pictures])
 
-    def detect(self, pictures: list[Image.Image], threshold: float = 0.5) -> list[list[Found]]:
-        """The objects in each picture scoring at least ``threshold``, boxes in the picture's pixels."""
+    def detect(self, pictures: list[Image.Image], threshold: float | None = None) -> list[list[Found]]:
+        """The objects in each picture scoring at least ``threshold`` (by default its class's threshold
+        chosen in training, else 0.5), boxes in the picture's pixels."""
         found = self.detector.decode(*self.raw(self.prepare(pictures)), [(p.height, p.width) for p in pictures])
+        lowest = [threshold if threshold is not None else self.detector.thresholds.get(c, DEFAULT_THRESHOLD)
+                  for c in self.classes]
         return [[Found(self.classes[int(k) - 1], float(s), tuple(float(v) for v in b))
-                 for b, s, k in zip(f["boxes"], f["scores"], f["labels"], strict=True) if s >= threshold]
+                 for b, s, k in zip(f["boxes"], f["scores"], f["labels"], strict=True) if s >= lowest[int(k) - 1]]
                 for f in found]
 
 
@@ -117,7 +122,7 @@ def label_font(size: tuple[int, int]) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=max(11, round(0.025 * min(size))))
 
 
-def detect_paths(runner: DetectorRunner, paths: list[Path], *, threshold: float = 0.5,
+def detect_paths(runner: DetectorRunner, paths: list[Path], *, threshold: float | None = None,
                  output: Path | None = None, every: int = 1) -> list[dict]:
     """Detect in pictures, folders of pictures and videos (every ``every``-th frame). With ``output``
     (a folder), each picture is also written with its boxes drawn, each video as an .mp4 of drawn frames
@@ -165,7 +170,8 @@ def _expand(paths: list[Path]) -> list[Path]:
     return files
 
 
-def _detect_video(runner: DetectorRunner, path: Path, threshold: float, drawing: Path | None, every: int) -> list:
+def _detect_video(runner: DetectorRunner, path: Path, threshold: float | None, drawing: Path | None,
+                  every: int) -> list:
     import cv2
 
     results, writer = [], None
@@ -196,7 +202,8 @@ def export_detector(model: str | os.PathLike, output: str | os.PathLike, *, chec
         raise EdgelearnError(f"{output}: a detector exports to a .onnx file")
     export_onnx(_Raw(detector).eval(), detector.size, output)
     proto = onnx.load(str(output))
-    manifest = {"arch": detector.arch, "classes": detector.classes, "size": detector.size, **detector.meta}
+    manifest = {"arch": detector.arch, "classes": detector.classes, "size": detector.size, **detector.meta,
+                "thresholds": detector.thresholds}
     proto.metadata_props.add(key=META_KEY, value=json.dumps(manifest))
     atomic_write_bytes(output, proto.SerializeToString())
     return {"output": str(output), "bytes": output.stat().st_size, **agreement(detector, output, check, seed)}

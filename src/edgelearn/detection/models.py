@@ -138,6 +138,7 @@ class Detector(nn.Module):
         if not classes or len(set(classes)) != len(classes):
             raise EdgelearnError(f"a detector needs distinct class names, got {classes}")
         self.arch, self.classes, self.size, self.meta = arch, list(classes), int(size), dict(meta)
+        self.thresholds: dict[str, float] = {}  # per class, chosen on validation pictures (best F1)
         neck = SSDLiteNeck() if arch == "ssdlite" else PyramidNeck()
         self.det = _torchvision_detector(arch, _Backbone(trunk, neck), len(classes) + 1, self.size)
         with torch.no_grad():
@@ -211,12 +212,14 @@ class Detector(nn.Module):
                 rows[:, :old] = value.view(-1, old, *value.shape[1:])
                 state[key] = rows.view_as(state[key])
         bigger.load_state_dict(state)
+        bigger.thresholds = dict(self.thresholds)
         return bigger
 
     def save(self, path: str | os.PathLike) -> Path:
         """One safetensors file (atomic): the manifest (architecture, classes, size, trunk origin) + weights."""
         manifest = {"format": FORMAT, "version": VERSION, "arch": self.arch, "classes": self.classes,
-                    "size": self.size, "backbone": BACKBONE, **self.meta}
+                    "size": self.size, "backbone": BACKBONE, **self.meta,
+                    **({"thresholds": self.thresholds} if self.thresholds else {})}
         arrays = {k: v.detach().cpu().numpy() for k, v in self.state_dict().items()}
         atomic_write_bytes(path, container_bytes(manifest, arrays))
         return Path(path)
@@ -255,6 +258,16 @@ def load_detector(path: str | os.PathLike) -> Detector:
     try:
         detector = Detector(manifest["arch"], manifest["classes"], manifest["size"], _trunk(meta)[0], meta)
         detector.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+        detector.thresholds = read_thresholds(manifest, path)
     except (KeyError, RuntimeError, TypeError) as exc:
         raise ModelFileError(f"{path}: damaged detector file ({str(exc).splitlines()[0]})") from exc
     return detector.eval()
+
+
+def read_thresholds(manifest: dict, source) -> dict[str, float]:
+    """A manifest's per-class score thresholds (none in files from before they were chosen)."""
+    thresholds = manifest.get("thresholds", {})
+    if not isinstance(thresholds, dict) or not all(isinstance(v, int | float) and 0 <= v <= 1
+                                                   for v in thresholds.values()):
+        raise ModelFileError(f"{source}: damaged detector file (its score thresholds are not numbers in 0..1)")
+    return {str(k): float(v) for k, v in thresholds.items()}

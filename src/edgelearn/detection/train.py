@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from edgelearn.detection.augment import mirror, resize, ssd_augmentation
 from edgelearn.detection.models import Detector, build_detector, load_detector
+from edgelearn.detection.thresholds import per_class
 from edgelearn.detection.voc import VOCDataset, collate
 from edgelearn.errors import DatasetError, EdgelearnError
 from edgelearn.training.finetune import split_validation
@@ -222,9 +223,32 @@ def train_detector(dataset: str | os.PathLike | VOCDataset, output: str | os.Pat
                         batch_size=batch_size, seed=seed, checkpoint=output.with_suffix(".ckpt"), config=config,
                         save_best=lambda metrics: detector.save(output), loss=loss, learning=detector.learning,
                         resume=resume, progress=progress, log=log, collate_fn=collate)
+    thresholds = choose_thresholds(output, Subset(maps.first_view(), val_idx))
     return {"model": str(output), "classes": detector.classes, "new_classes": new_classes if old else [],
             "images": len(labels), "trainable_parameters": sum(p.numel() for p in params),
-            "best_epoch": best["epoch"], "best_val_loss": best["val_loss"], "history": history}
+            "best_epoch": best["epoch"], "best_val_loss": best["val_loss"], "history": history,
+            "thresholds": thresholds}
+
+
+def choose_thresholds(path: Path, validation: Dataset) -> dict[str, dict]:
+    """Give the saved best detector each class's best-F1 score threshold on the validation pictures;
+    returns them with their validation precision and recall."""
+    detector = load_detector(path)
+    chosen = per_class(detections(detector, validation), [target for _, target in validation], detector.classes)
+    detector.thresholds = {name: c["threshold"] for name, c in chosen.items()}
+    detector.save(path)
+    return chosen
+
+
+def detections(detector: Detector, maps: Dataset, batch_size: int = 32) -> list[dict]:
+    """The detector's boxes for each picture of a data set of trunk maps, in the input frame."""
+    detector.eval()
+    found = []
+    for pairs, _ in DataLoader(maps, batch_size, collate_fn=collate):
+        with torch.no_grad():
+            out = detector.head_outputs(*stacked(pairs))
+        found += detector.decode(out["cls_logits"], out["bbox_regression"])
+    return found
 
 
 def _start(start_from) -> Detector | None:
