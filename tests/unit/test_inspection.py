@@ -229,3 +229,41 @@ def test_analysis_of_a_student_starts_from_its_seed(tmp_path):
     untrained = analyse_model(tmp_path / "s.pt", FolderDataset.splits(data)[1])
     assert len(untrained["weight_change"]) == 5 and all(0 < g < 1 for g in untrained["weight_change"].values())
     assert untrained["disentanglement"]["points"] == 6
+
+
+def voc_defects(root, n=8, size=128, seed=0):
+    """Dark pictures, each with one or two bright defect squares boxed in a VOC annotation (the last without)."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    for i in range(n):
+        pixels = np.full((size, size, 3), 20, np.uint8)
+        objects = ""
+        for name, side in [("pit", 12), ("scratch", 20)][: 2 if i % 2 else 1] if i < n - 1 else []:
+            x, y = rng.integers(0, size - side, 2)
+            pixels[y:y + side, x:x + side] = 255
+            objects += (f"<object><name>{name}</name><bndbox><xmin>{x + 1}</xmin><ymin>{y + 1}</ymin>"
+                        f"<xmax>{x + side}</xmax><ymax>{y + side}</ymax></bndbox></object>")
+        Image.fromarray(pixels).save(root / "images" / f"{i}.png")
+        (root / "annotations" / f"{i}.xml").write_text(
+            f"<annotation><filename>{i}.png</filename><size><width>{size}</width><height>{size}</height></size>"
+            f"{objects}</annotation>")
+    return root
+
+
+def test_patch_training_on_a_voc_folder_draws_patches_that_hold_the_defect(tmp_path):
+    from edgelearn.training import TrainConfig
+    from edgelearn.training.finetune import prepare
+
+    root = voc_defects(tmp_path / "voc")
+    job = prepare(TrainConfig(root, tmp_path / "t.pt", weights="random", patch=PatchGrid(40, 4), val_fraction=0.2))
+    patches = job.train_set
+    assert isinstance(patches, RandomPatches) and len(patches) >= 5
+    names = job.summary["classes"]
+    assert names == ["ok", "pit", "scratch"]  # each picture's main defect (most boxed area); none: ok
+    patches.transform = np.asarray
+    for i, path in enumerate(patches.paths):
+        has_defect = names[patches.targets[i]] != "ok"
+        assert bool(patches.boxes[i]) == has_defect
+        for _ in range(10):
+            assert (patches[i][0] == 255).any() == has_defect, path  # every patch overlaps its box

@@ -35,7 +35,8 @@ def train(
     backbone: Backbone = "mobilenet_v2",
     weights: Weights = None,
     input_size: Annotated[int | None, typer.Option(min=1, help="Square input size.")] = None,
-    patch: Annotated[int | None, typer.Option(min=1, help="Train on patches of this size (inspection protocol).")]
+    patch: Annotated[int | None, typer.Option(min=1, help="Train on patches of this size (inspection protocol; "
+                                                          "on a VOC folder each patch holds a defect's box).")]
     = None,
     grid: Annotated[int, typer.Option(min=1, help="With --patch: grid x grid patches cover a test image.")] = 3,
     start_from: Annotated[Path | None, typer.Option("--from", help="Continue from an earlier result (an online "

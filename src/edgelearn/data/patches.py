@@ -94,10 +94,11 @@ def augment(patch: Image.Image, generator: torch.Generator | None = None) -> Ima
 
 
 class RandomPatches(Dataset):
-    """One random patch per image per draw (training); ``boxes[i]`` (optional) holds image i's defect."""
+    """One random patch per image per draw (training); ``boxes[i]`` (optional) holds image i's defect, or
+    a list of its defects (each draw holds one of them, at random)."""
 
     def __init__(self, paths: Sequence, targets: Sequence[int], grid: PatchGrid, transform,
-                 boxes: Sequence[Box | None] | None = None, augmented: bool = False):
+                 boxes: Sequence[Box | list[Box] | None] | None = None, augmented: bool = False):
         self.paths, self.targets, self.grid, self.transform = list(paths), list(targets), grid, transform
         self.boxes = list(boxes) if boxes is not None else [None] * len(self.paths)
         self.augmented = augmented
@@ -109,6 +110,8 @@ class RandomPatches(Dataset):
         image = load_image(self.paths[i])
         fitted = self.grid.fit(image)
         box = self.boxes[i]
+        if isinstance(box, list):
+            box = box[int(torch.randint(len(box), ()))] if box else None
         if box is not None and fitted.size != image.size:
             sx, sy = fitted.width / image.width, fitted.height / image.height
             box = (int(box[0] * sx), int(box[1] * sy), math.ceil(box[2] * sx), math.ceil(box[3] * sy))

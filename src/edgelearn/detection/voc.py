@@ -1,14 +1,8 @@
-"""Pascal VOC detection data from folders: images and one XML file of boxes per image.
-
-Layouts: ``ROOT/images`` + ``ROOT/annotations`` (NEU-DET, Kaggle) or VOC's own ``ROOT/JPEGImages``
-+ ``ROOT/Annotations``. Boxes become 0-based ``(x1, y1, x2, y2)`` pixels (VOC counts from 1, its
-maxima are inclusive), clipped to the image. Every problem names the file it was found in.
-"""
+"""Pascal VOC detection data from folders: images and one XML file of boxes per image, as torchvision's
+detectors take them (the files are read by :mod:`edgelearn.data.voc`, which says the layouts)."""
 
 import os
-import xml.etree.ElementTree as ET
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,57 +10,11 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
-from edgelearn.data.images import IMAGE_SUFFIXES, load_image
+from edgelearn.data.images import load_image
+from edgelearn.data.voc import LAYOUTS, Annotation, parse_annotation, read_voc_folder
 from edgelearn.errors import DatasetError
 
-LAYOUTS = (("images", "annotations"), ("JPEGImages", "Annotations"))
-
-
-@dataclass(frozen=True)
-class Annotation:
-    """One image's objects: ``boxes`` as (x1, y1, x2, y2) pixels, ``names`` their classes."""
-    image: Path
-    width: int
-    height: int
-    boxes: list[tuple[float, float, float, float]]
-    names: list[str]
-
-
-def parse_annotation(xml_path: str | os.PathLike, images: Path | None = None) -> Annotation:
-    """Read one VOC XML file; a malformed file raises :class:`DatasetError` naming it."""
-    xml_path = Path(xml_path)
-    try:
-        root = ET.parse(xml_path).getroot()
-        width, height = (int(float(root.findtext(f"size/{k}"))) for k in ("width", "height"))
-        boxes, names = [], []
-        for obj in root.iter("object"):
-            name = (obj.findtext("name") or "").strip()
-            x1, y1, x2, y2 = (float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax"))
-            if not name:
-                raise ValueError("an object has no <name>")
-            box = (max(x1 - 1, 0.0), max(y1 - 1, 0.0), min(x2, width), min(y2, height))
-            if box[2] <= box[0] or box[3] <= box[1]:
-                raise ValueError(f"empty box {x1:g},{y1:g},{x2:g},{y2:g} for {name!r}")
-            boxes.append(box)
-            names.append(name)
-    except ET.ParseError as exc:
-        raise DatasetError(f"{xml_path}: not valid XML ({exc})") from exc
-    except (TypeError, ValueError) as exc:  # a missing tag gives None -> TypeError
-        raise DatasetError(f"{xml_path}: not a Pascal VOC annotation ({exc or 'a size or box is missing'})") from exc
-    if width <= 0 or height <= 0:
-        raise DatasetError(f"{xml_path}: image size {width}x{height} is not positive")
-    return Annotation(_image_for(xml_path, root.findtext("filename"), images), width, height, boxes, names)
-
-
-def _image_for(xml_path: Path, filename: str | None, images: Path | None) -> Path:
-    folder = images or xml_path.parent
-    candidates = [folder / filename] if filename else []
-    candidates += [folder / (xml_path.stem + suffix) for suffix in IMAGE_SUFFIXES]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise DatasetError(f"{xml_path}: its image {filename or xml_path.stem} is not in {folder}")
-
+__all__ = ["LAYOUTS", "Annotation", "VOCDataset", "collate", "parse_annotation"]
 
 class VOCDataset(Dataset):
     """A VOC folder as ``(image, target)`` pairs for torchvision detectors.
@@ -80,11 +28,7 @@ class VOCDataset(Dataset):
     def __init__(self, root: str | os.PathLike, *, classes: list[str] | None = None, transforms=None,
                  ignore_other_classes: bool = False):
         self.root = Path(root)
-        images, annotations = _layout(self.root)
-        xmls = sorted(annotations.glob("*.xml"))
-        if not xmls:
-            raise DatasetError(f"{annotations}: no .xml annotation files")
-        self.annotations = [parse_annotation(x, images) for x in xmls]
+        self.annotations = read_voc_folder(self.root)
         found = sorted({n for a in self.annotations for n in a.names})
         self.classes = list(classes) if classes is not None else found
         unknown = sorted(set(found) - set(self.classes))
@@ -122,16 +66,6 @@ class VOCDataset(Dataset):
     def subset_classes(self, names: list[str]) -> list[int]:
         """Indices of the images that show at least one object of ``names``."""
         return [i for i, a in enumerate(self.annotations) if set(a.names) & set(names)]
-
-
-def _layout(root: Path) -> tuple[Path, Path]:
-    if not root.is_dir():
-        raise DatasetError(f"{root}: no such folder")
-    for images, annotations in LAYOUTS:
-        if (root / annotations).is_dir():
-            return (root / images if (root / images).is_dir() else root / annotations), root / annotations
-    raise DatasetError(f"{root}: not a VOC folder (expected {LAYOUTS[0][0]}/ and {LAYOUTS[0][1]}/, "
-                       f"or {LAYOUTS[1][0]}/ and {LAYOUTS[1][1]}/)")
 
 
 def collate(batch):

@@ -8,7 +8,9 @@ loss becomes ``OUT`` (a state dict in torchvision's layout) with a JSON sidecar,
 loads as a backbone (``--weights OUT``) or, with its head, as an inspection classifier.
 
 With ``patch`` (Kim, Noh and Park's protocol) training sees one random patch per image and epoch, without
-other augmentation, and validation scores every grid patch.
+other augmentation, and validation scores every grid patch. The data set may also be a Pascal VOC folder (or
+one with such train/ and test/): each picture is then labelled by its main defect, and its training patches
+hold one of that defect's boxes.
 """
 
 import hashlib
@@ -26,6 +28,7 @@ from edgelearn.backbones import build_classifier
 from edgelearn.data import FolderDataset
 from edgelearn.data.images import load_image
 from edgelearn.data.patches import GridPatches, RandomPatches
+from edgelearn.data.voc import labelled_splits
 from edgelearn.errors import DatasetError, ModelFileError
 from edgelearn.files import atomic_write_bytes
 from edgelearn.training.config import TrainConfig
@@ -85,7 +88,7 @@ def prepare(config: TrainConfig) -> Job:
     c = config
     patch, output = c.patch, c.output
     input_size = c.input_size or (patch.size if patch else None)
-    ds, test = FolderDataset.splits(c.dataset)
+    ds, test, defects = labelled_splits(c.dataset)  # defects: a VOC folder's boxes per picture
     if len(ds.classes) < 2:
         raise DatasetError(f"{c.dataset}: fine-tuning needs at least two classes")
     train_idx, val_idx = split_validation(ds, c.val_fraction, c.seed)
@@ -122,7 +125,8 @@ def prepare(config: TrainConfig) -> Job:
     if patch is None:
         train_set = Images(train_paths, train_y, prep.train_transform())
     else:  # Kim, Noh and Park: one patch per image, without other augmentation
-        train_set = RandomPatches(train_paths, train_y, patch, prep.patch_transform())
+        train_set = RandomPatches(train_paths, train_y, patch, prep.patch_transform(),
+                                  boxes=[defects.get(p) for p in train_paths])
     val_set = scored(val_paths, val_y)
     known = [] if test is None else [i for i, label in enumerate(test.labels) if label in target]
     test_set = scored([test.paths[i] for i in known], [target[test.labels[i]] for i in known]) if known else None
