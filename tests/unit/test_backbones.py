@@ -193,3 +193,31 @@ def test_every_input_path_preprocesses_alike():
     # the picture a heat map is drawn on is the part the network sees
     seen = prep.crop(Image.new("RGB", (40, 30), "red"))
     assert seen.size == (24, 24)
+
+
+def test_the_onnx_graph_returns_the_feature_map_its_features_average(tmp_path, monkeypatch):
+    """TF 'SAME' padding (pre-hooks) and an in-place ReLU6 last, as in the shared MobileNetV2: a forward hook
+    during the export once changed that graph (features off by 0.11 on the real weights)."""
+    from edgelearn.backbones.backbone import Backbone
+    from edgelearn.backbones.preprocessing import Preprocessing
+    from edgelearn.backbones.weights import Weights
+
+    monkeypatch.setenv("EDGELEARN_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.ReLU6(inplace=True),
+                                torch.nn.Conv2d(8, 16, 1), torch.nn.ReLU6(inplace=True),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    with torch.no_grad():
+        for conv in (model[0], model[2]):
+            conv.weight.mul_(20)  # activations beyond 6: the clip matters
+    use_tf_same_padding(model, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    bb = Backbone("relu6", model, Preprocessing(32, 32), Weights("random", "random:seed=0"), "tf_same")
+    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    on_torch, torch_map = bb.features_and_map(x)
+
+    features, feature_map = bb.use_onnx().features_and_map(x)
+
+    assert torch_map.min() >= 0 and torch_map.max() == pytest.approx(6) and np.mean(torch_map == 6) > 0.01
+    np.testing.assert_allclose(features, on_torch, atol=1e-5)
+    np.testing.assert_allclose(feature_map, torch_map, rtol=1e-5, atol=1e-5)  # values up to 6: float32 sums
+    np.testing.assert_allclose(feature_map.mean(axis=(2, 3)), features, atol=1e-5)

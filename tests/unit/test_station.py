@@ -428,11 +428,11 @@ def test_predictions_never_wait_for_learning(station, monkeypatch):
     solving, release = threading.Event(), threading.Event()
     weights = StreamingLDA._weights
 
-    def slow_weights(self):  # the teacher's solve takes as long as the test wants
+    def slow_weights(self, *args, **kwargs):  # the teacher's solve takes as long as the test wants
         if threading.current_thread().name == "teacher" and getattr(self, "_linear", None) is None:
             solving.set()
             release.wait(timeout=60)
-        return weights(self)
+        return weights(self, *args, **kwargs)
 
     def teach_green_and_blue():
         station.learn([colour_image("green", 1), colour_image("blue", 5)], ["green", "blue"])

@@ -73,7 +73,8 @@ class Backbone:
 
     @functools.cached_property
     def feature_map_model(self) -> nn.Module:
-        """The model with its last spatial feature map as a second output (what the ONNX export runs)."""
+        """The model with its last spatial feature map as a second output, on PyTorch (the ONNX graph gets the
+        same output from :func:`~edgelearn.runtime.onnx.add_feature_map_output`)."""
         return WithFeatureMap(self.model, last_feature_map(self.model, self.preprocessing.input_size)).eval()
 
     def use_onnx(self, precision: str = "fp32", calibration: Iterable[Image.Image] | None = None) -> "Backbone":
@@ -82,12 +83,12 @@ class Backbone:
         fingerprint (and calibration set) into the cache folder and reused. fp32 features equal
         PyTorch's to ~1e-5; other precisions change the features, so they enter the fingerprint."""
         from edgelearn.data.cache import default_cache_dir
-        from edgelearn.runtime.onnx import OnnxRunner, export_onnx
+        from edgelearn.runtime.onnx import OnnxRunner, add_feature_map_output, export_onnx
         from edgelearn.runtime.quantize import quantize
 
         precision = Precision.parse(precision)
         folder = default_cache_dir() / "onnx"
-        base = folder / f"{self.name}-{self.fingerprint_id}-map.onnx"  # "-map": the graph has both outputs
+        base = folder / f"{self.name}-{self.fingerprint_id}-maps.onnx"  # "-maps": features and feature map
         batches, tag = None, precision
         if precision is Precision.INT8:
             batches = self._calibration_batches(calibration or [])
@@ -97,8 +98,7 @@ class Backbone:
 
         def make() -> None:
             if not base.is_file():
-                export_onnx(self.feature_map_model, self.preprocessing.input_size, base,
-                            outputs=("features", "feature_map"))
+                add_feature_map_output(export_onnx(self.model, self.preprocessing.input_size, base))
             if path != base:
                 quantize(base, path, precision, batches)
 

@@ -37,6 +37,23 @@ def export_onnx(model: nn.Module, input_size: int, path: str | os.PathLike,
     return path
 
 
+def add_feature_map_output(path: str | os.PathLike) -> Path:
+    """Give an exported backbone graph a second output, ``feature_map``: the tensor its features are the spatial
+    average of (the input of its last ReduceMean / GlobalAveragePool), for heat maps. Done on the graph, not by
+    a hook during export: with a hook, torch.export dropped MobileNetV2's in-place ReLU6 (features off by 0.11)."""
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    pool = next((n for n in reversed(model.graph.node) if n.op_type in ("ReduceMean", "GlobalAveragePool")), None)
+    if pool is None:
+        raise EdgelearnError(f"{path}: no average pooling at the end of the graph, so no feature map to explain")
+    model.graph.node.append(onnx.helper.make_node("Identity", [pool.input[0]], ["feature_map"]))
+    model.graph.output.append(onnx.helper.make_tensor_value_info("feature_map", onnx.TensorProto.FLOAT, None))
+    atomic_write_bytes(path, model.SerializeToString())
+    return path
+
+
 def _forward_args(model: nn.Module) -> list[str]:
     import inspect
 
