@@ -29,6 +29,7 @@ from edgelearn.recognizer import Recognizer
 
 
 def evaluate(
+    ctx: typer.Context,
     model: Model,
     dataset: Annotated[Path, typer.Argument(help="Folder data set (its test/ split when there is one).")],
     level: Annotated[int | None, typer.Option(min=1, help="Evaluate at this concept level.")] = None,
@@ -47,7 +48,7 @@ def evaluate(
 ):
     """Top-1, top-5 and per-class accuracy on a labelled folder."""
     if variants:
-        refuse_together("--variants", "level", "runtime", "no_cache", "unknown", "precision")
+        refuse_together(ctx, "--variants", "level", "runtime", "no_cache", "unknown", "precision")
         return _variants_table(model, dataset, weights, as_json)
     unreadable = [] if skip_bad else None
     rec, ds, X = _model_and_test_split(model, dataset, weights, no_cache, runtime, unreadable,

@@ -5,9 +5,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
-from click.core import ParameterSource
 
 from edgelearn.backbones import WEIGHTS_ENV
 from edgelearn.backbones.weights import default_weights as weights_default
@@ -121,12 +119,11 @@ def site_key(path: Path | None) -> SiteKey | None:
     return SiteKey.load(path) if path is not None else None
 
 
-def refuse_together(option: str, *others: str) -> None:
+def refuse_together(ctx: typer.Context, option: str, *others: str) -> None:
     """A usage error (exit 2) when any of ``others`` (parameter names) was given beside ``option``, which
-    would silently ignore them."""
-    ctx = click.get_current_context()
-    given = [name for name in others if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)]
+    would silently ignore them. (Through the command's own context: Typer 0.2x runs its own copy of Click.)"""
+    sources = {name: ctx.get_parameter_source(name) for name in others}
+    given = [name for name, source in sources.items() if source is not None and source.name != "DEFAULT"]
     if given:
         names = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise click.UsageError(f"{option} does not use {names}: leave {'it' if len(given) == 1 else 'them'} out",
-                               ctx)
+        ctx.fail(f"{option} does not use {names}: leave {'it' if len(given) == 1 else 'them'} out")

@@ -27,6 +27,7 @@ CAMERA_OPTIONS = ("every", "max_fps", "on_change", "station_name", "webhook", "m
 
 
 def serve(
+    ctx: typer.Context,
     data: Annotated[Path | None, typer.Option(envvar="EDGELEARN_DATA", help="The station's folder: SQLite store, "
                                               "token, TLS certificate (default: ~/.local/share/edgelearn).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: the whole network).")] = "127.0.0.1",
@@ -105,7 +106,7 @@ def serve(
     from edgelearn.server.tls import fingerprint, self_signed
 
     if camera is None:
-        refuse_together("serve without --camera", *CAMERA_OPTIONS)
+        refuse_together(ctx, "serve without --camera", *CAMERA_OPTIONS)
     data = private_folder(data or default_data_dir())
     if (tls_cert is None) != (tls_key is None):
         raise ParameterError("--tls-cert and --tls-key go together")

@@ -15,6 +15,7 @@ from edgelearn.errors import ParameterError
 
 
 def train(
+    ctx: typer.Context,
     dataset: Annotated[Path, typer.Argument(help="Folder data set: <class>/*.jpg (its train/ split if any).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="The trained weights (+ .json, .ckpt, .png).")]
     = Path("trained.pt"),
@@ -56,7 +57,7 @@ def train(
     from edgelearn.training import train as run_train
 
     if mode != Mode.ps:  # only the parameter server runs across machines
-        refuse_together(f"--mode {mode}", "address", "rank", *(["workers"] if mode == Mode.single else []))
+        refuse_together(ctx, f"--mode {mode}", "address", "rank", *(["workers"] if mode == Mode.single else []))
     config = TrainConfig(dataset, output, backbone=backbone, weights=default_weights(weights, backbone),
                          strategy=strategy.value, epochs=epochs, lr=lr, batch_size=batch_size, input_size=input_size,
                          trainable_blocks=blocks, patch=patch and PatchGrid(patch, grid), start_from=start_from,
