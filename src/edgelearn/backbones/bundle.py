@@ -158,16 +158,10 @@ class BundleBackbone:
         """One RGB PIL image -> a normalised ``(3, input_size, input_size)`` float32 array."""
         return self.preprocessing.array(image)
 
-    def embed_tensor(self, batch):
-        """Preprocessed ``(n, 3, s, s)`` batch -> ``(n, feature_dim)`` features. A numpy batch gives a numpy
-        array; a torch tensor (the station's batcher) gives a torch tensor."""
+    def embed_tensor(self, batch: np.ndarray) -> np.ndarray:
+        """Preprocessed ``(n, 3, s, s)`` array -> ``(n, feature_dim)`` features."""
         x = np.ascontiguousarray(batch, np.float32)
-        features = self.session.run(self._outputs[:1], {self._input: x})[0].reshape(len(x), -1)
-        if isinstance(batch, np.ndarray):
-            return features
-        import torch  # only the caller that handed us a tensor gets here, so torch is installed
-
-        return torch.from_numpy(features)
+        return self.session.run(self._outputs[:1], {self._input: x})[0].reshape(len(x), -1)
 
     def features_and_map(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Preprocessed ``(n, 3, s, s)`` array -> the features and the last spatial feature map they are the

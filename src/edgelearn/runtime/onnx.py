@@ -17,9 +17,8 @@ from edgelearn.errors import EdgelearnError
 from edgelearn.files import atomic_write_bytes
 
 
-def export_onnx(model: nn.Module, input_size: int, path: str | os.PathLike,
-                outputs: tuple[str, ...] = ("features",)) -> Path:
-    """Export ``model`` (image batch -> ``outputs``) to ONNX with a dynamic batch dimension, atomically."""
+def export_onnx(model: nn.Module, input_size: int, path: str | os.PathLike) -> Path:
+    """Export ``model`` (image batch -> features) to ONNX with a dynamic batch dimension, atomically."""
     path = Path(path)
     example = torch.zeros(2, 3, input_size, input_size)  # batch 2: a batch of 1 would be specialised
     model = model.to(memory_format=torch.contiguous_format)
@@ -27,7 +26,7 @@ def export_onnx(model: nn.Module, input_size: int, path: str | os.PathLike,
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
         try:
             torch.onnx.export(model, (example,), Path(tmp) / "m.onnx", input_names=["image"],
-                              output_names=list(outputs), dynamic_shapes={name: {0: torch.export.Dim("batch")}},
+                              output_names=["features"], dynamic_shapes={name: {0: torch.export.Dim("batch")}},
                               dynamo=True, external_data=False, verbose=False)
         except Exception as exc:  # the exporter raises many kinds; the user needs to know which model failed
             raise EdgelearnError(f"could not export the backbone to ONNX: {exc}") from exc

@@ -4,10 +4,10 @@ import os
 import secrets
 from pathlib import Path
 
-from edgelearn.files import private_folder, write_private
+from edgelearn.files import DATA_ENV, default_data_dir, private_folder, write_private
 from edgelearn.server.app import create_app
 from edgelearn.server.guard import MIN_TOKEN_CHARS, Tokens, check_token, is_loopback, load_users, read_private
-from edgelearn.server.station import DATA_ENV, Station, StationConfig, default_data_dir
+from edgelearn.server.station import Station, StationConfig
 
 TOKEN_ENV = "EDGELEARN_TOKEN"
 READ_TOKEN_ENV = "EDGELEARN_READ_TOKEN"

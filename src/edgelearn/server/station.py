@@ -22,7 +22,7 @@ from edgelearn.backbones import build_backbone, default_weights
 from edgelearn.data.images import to_rgb
 from edgelearn.errors import ConflictError, EdgelearnError, ImageError, NearDuplicateError, SignatureError
 from edgelearn.explain import HeatMapper, expected_calibration_error, get_similarity, nearest, overlay, png_bytes
-from edgelearn.files import DATA_ENV, default_data_dir  # noqa: F401 (DATA_ENV: the server's API)
+from edgelearn.files import default_data_dir
 from edgelearn.knowledge import ImportPolicy, TrustStore, merge_packages, parse_package, provenance
 from edgelearn.labels import check_label, label_key
 from edgelearn.recognizer import Recognizer
